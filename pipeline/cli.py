@@ -1,0 +1,33 @@
+"""Shared entry-point behaviour of the stages: logging, and user errors as one clear line + exit 2."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.config import ConfigError
+    from pipeline.data.images import BadImageError
+    from pipeline.data.manifest import HeldOutLabelsError, ManifestError
+    from pipeline.data.prepare import PrepareError
+
+    return (ConfigError, BadImageError, ManifestError, PrepareError, HeldOutLabelsError, CheckpointError,
+            FileNotFoundError)
+
+
+def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's ``main``; bad input exits with status 2 and ``error: <message>`` on stderr."""
+    logging.basicConfig(level=os.environ.get("SIM2REAL_LOG", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    errors = user_errors()
+    try:
+        main(list(sys.argv[1:] if argv is None else argv))
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

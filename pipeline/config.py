@@ -1,0 +1,411 @@
+"""Typed, validated configuration: ``params.yaml`` parsed once into frozen dataclasses.
+
+Every stage calls :func:`load_params` and passes the resulting objects down; nothing else reads the
+YAML. Unknown keys, wrong types and bad values raise :class:`ConfigError` with the dotted key
+(``gan.weights.cycle``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml; the message names the key and what was expected."""
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainSource:
+    format: str
+    root: Optional[str] = None
+    val_fraction: float = 0.15
+    test_root: Optional[str] = None
+    test_fraction: float = 0.3
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    train_count: int = 6000
+    val_count: int = 1000
+    canvas: int = 64
+    scale: tuple[float, float] = (0.55, 1.0)
+    rotation_deg: float = 15.0
+    translate: float = 0.08
+    thickness: tuple[int, int] = (1, 5)
+    italic_prob: float = 0.3
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    noise_prob: float = 0.5
+    noise_std: tuple[float, float] = (0.0, 0.08)
+    clutter_prob: float = 0.2
+    foreground: tuple[int, int] = (190, 255)
+    background: tuple[int, int] = (0, 40)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    image_size: int
+    channels: int
+    classes: tuple[str, ...]
+    source: DomainSource
+    target: DomainSource
+    skip_bad_images: bool = False
+    render: RenderParams = field(default_factory=RenderParams)
+
+
+@dataclass(frozen=True)
+class AugmentStep:
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    width: int = 16
+    blocks: int = 3
+    downsamplings: int = 2
+
+
+@dataclass(frozen=True)
+class DiscriminatorParams:
+    width: int = 16
+    layers: int = 2
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    adversarial: float = 1.0
+    cycle: float = 10.0
+    identity: float = 5.0
+    similarity: float = 1.0
+    task: float = 1.0
+    lipschitz: float = 10.0
+
+
+@dataclass(frozen=True)
+class GanParams:
+    generator: GeneratorParams = field(default_factory=GeneratorParams)
+    discriminator: DiscriminatorParams = field(default_factory=DiscriminatorParams)
+    mode: Literal["lsgan", "vanilla"] = "lsgan"
+    pool_size: int = 50
+    batch_size: int = 16
+    epochs: int = 5
+    decay_epochs: int = 3
+    steps_per_epoch: int = 150
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weights: LossWeights = field(default_factory=LossWeights)
+    lipschitz_interpolation: Literal["real_fake", "source_translated"] = "real_fake"
+    diagnostics_samples: int = 500
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    amp: Literal["none", "bf16", "fp16"] = "none"
+
+
+@dataclass(frozen=True)
+class TranslateParams:
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class TaskParams:
+    model: str = "small_cnn"
+    width: int = 32
+    epochs: int = 8
+    batch_size: int = 64
+    optimizer: OptimizerParams = field(default_factory=OptimizerParams)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    select: Literal["source_val", "last"] = "last"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class VariantParams:
+    method: Literal["supervised", "dann"]
+    train: str
+
+
+@dataclass(frozen=True)
+class DannParams:
+    gamma: float = 10.0
+    alpha: float = 10.0
+    beta: float = 0.75
+    trade_off: float = 1.0
+    hidden: int = 256
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataParams
+    augment: tuple[AugmentStep, ...] = ()
+    gan: GanParams = field(default_factory=GanParams)
+    translate: TranslateParams = field(default_factory=TranslateParams)
+    task: TaskParams = field(default_factory=TaskParams)
+    variants: dict[str, VariantParams] = field(default_factory=dict)
+    dann: DannParams = field(default_factory=DannParams)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def variant(self, name: str) -> VariantParams:
+        if name not in self.variants:
+            raise ConfigError(f"variants.{name}: no such variant; params.yaml defines {sorted(self.variants)}")
+        return self.variants[name]
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named top-level sections (all when none): identifies what produced an output."""
+        chosen = {k: self.raw.get(k) for k in (sections or sorted(self.raw))}
+        blob = json.dumps(chosen, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks: (dotted key, predicate, what was expected)
+# --------------------------------------------------------------------------------------------
+
+_FORMATS_SOURCE = ("digits", "imagefolder", "manifest")
+_FORMATS_TARGET = ("digits", "imagefolder", "manifest", "folder")
+
+
+def _validate(p: Params) -> None:
+    d = p.data
+    checks: list[tuple[str, bool, str]] = [
+        ("seed", p.seed >= 0, "a non-negative integer"),
+        ("data.image_size", 8 <= d.image_size <= 4096, "an integer between 8 and 4096"),
+        ("data.channels", d.channels in (1, 3), "1 (grey) or 3 (RGB)"),
+        ("data.classes", len(d.classes) >= 2, "a list of at least two class names"),
+        ("data.classes", len(set(d.classes)) == len(d.classes), "class names without duplicates"),
+        ("data.source.format", d.source.format in _FORMATS_SOURCE, f"one of {_FORMATS_SOURCE}"),
+        ("data.target.format", d.target.format in _FORMATS_TARGET, f"one of {_FORMATS_TARGET}"),
+        ("data.source.val_fraction", 0.0 < d.source.val_fraction < 1.0, "a fraction in (0, 1)"),
+        ("data.target.test_fraction", 0.0 < d.target.test_fraction < 1.0, "a fraction in (0, 1)"),
+        ("data.render.train_count", d.render.train_count > 0, "a positive integer"),
+        ("data.render.val_count", d.render.val_count > 0, "a positive integer"),
+        ("data.render.canvas", d.render.canvas >= 16, "an integer >= 16"),
+        ("data.render.scale", 0 < d.render.scale[0] <= d.render.scale[1] <= 1.5, "[min, max] with 0 < min <= max <= 1.5"),
+        ("data.render.thickness", 1 <= d.render.thickness[0] <= d.render.thickness[1], "[min, max] with 1 <= min <= max"),
+        ("data.render.blur_sigma", 0 <= d.render.blur_sigma[0] <= d.render.blur_sigma[1], "[min, max] with 0 <= min <= max"),
+        ("data.render.noise_std", 0 <= d.render.noise_std[0] <= d.render.noise_std[1], "[min, max] with 0 <= min <= max"),
+        ("data.render.foreground", 0 <= d.render.foreground[0] <= d.render.foreground[1] <= 255, "[min, max] grey levels within 0..255"),
+        ("data.render.background", 0 <= d.render.background[0] <= d.render.background[1] <= 255, "[min, max] grey levels within 0..255"),
+        ("gan.generator.width", p.gan.generator.width > 0, "a positive integer"),
+        ("gan.generator.blocks", p.gan.generator.blocks >= 0, "a non-negative integer"),
+        ("gan.generator.downsamplings", p.gan.generator.downsamplings >= 0, "a non-negative integer"),
+        ("gan.discriminator.width", p.gan.discriminator.width > 0, "a positive integer"),
+        ("gan.discriminator.layers", p.gan.discriminator.layers >= 1, "an integer >= 1"),
+        ("gan.pool_size", p.gan.pool_size >= 0, "a non-negative integer"),
+        ("gan.batch_size", p.gan.batch_size > 0, "a positive integer"),
+        ("gan.epochs", p.gan.epochs >= 0, "a non-negative integer"),
+        ("gan.decay_epochs", p.gan.decay_epochs >= 0, "a non-negative integer"),
+        ("gan.epochs", p.gan.epochs + p.gan.decay_epochs > 0, "epochs + decay_epochs > 0"),
+        ("gan.steps_per_epoch", p.gan.steps_per_epoch > 0, "a positive integer"),
+        ("gan.lr", p.gan.lr > 0, "a positive number"),
+        ("gan.betas", all(0 <= b < 1 for b in p.gan.betas), "two numbers in [0, 1)"),
+        ("gan.diagnostics_samples", p.gan.diagnostics_samples > 0, "a positive integer"),
+        ("translate.batch_size", p.translate.batch_size > 0, "a positive integer"),
+        ("task.width", p.task.width > 0, "a positive integer"),
+        ("task.epochs", p.task.epochs > 0, "a positive integer"),
+        ("task.batch_size", p.task.batch_size > 0, "a positive integer"),
+        ("task.optimizer.lr", p.task.optimizer.lr > 0, "a positive number"),
+        ("task.optimizer.weight_decay", p.task.optimizer.weight_decay >= 0, "a non-negative number"),
+        ("dann.hidden", p.dann.hidden > 0, "a positive integer"),
+        ("dann.trade_off", p.dann.trade_off >= 0, "a non-negative number"),
+    ]
+    for name, value in dataclasses.asdict(p.gan.weights).items():
+        checks.append((f"gan.weights.{name}", value >= 0, "a non-negative number (0 turns the term off)"))
+    for name, prob in (("italic_prob", d.render.italic_prob), ("blur_prob", d.render.blur_prob),
+                       ("noise_prob", d.render.noise_prob), ("clutter_prob", d.render.clutter_prob)):
+        checks.append((f"data.render.{name}", 0.0 <= prob <= 1.0, "a probability in [0, 1]"))
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}, got {_lookup(p.raw, key)!r}")
+
+    for side, src in (("source", d.source), ("target", d.target)):
+        if src.format != "digits":
+            if not src.root:
+                raise ConfigError(f"data.{side}.root: expected a path for format {src.format!r}, got nothing")
+            if not Path(src.root).exists():
+                raise ConfigError(f"data.{side}.root: {src.root!r} does not exist")
+        if src.test_root and not Path(src.test_root).exists():
+            raise ConfigError(f"data.{side}.test_root: {src.test_root!r} does not exist")
+    if d.target.format == "folder" and not d.target.test_root:
+        raise ConfigError("data.target.test_root: a flat unlabelled target folder needs a labelled test set "
+                          "(an imagefolder folder or a manifest CSV)")
+    if (d.source.format == "digits") != (d.target.format == "digits"):
+        raise ConfigError("data.source.format / data.target.format: the built-in 'digits' scenario needs both "
+                          "sides set to 'digits'")
+    if d.source.format == "digits" and list(d.classes) != [str(i) for i in range(10)]:
+        raise ConfigError(f"data.classes: the digits scenario expects ['0', ..., '9'], got {list(d.classes)}")
+    if not p.variants:
+        raise ConfigError("variants: expected at least one variant")
+    if "source_only" not in p.variants:
+        raise ConfigError("variants.source_only: expected this variant; it is the frozen task model of the GAN")
+    for name, v in p.variants.items():
+        if not name.replace("_", "").isalnum():
+            raise ConfigError(f"variants.{name}: expected a name of letters, digits and underscores")
+
+
+def _lookup(raw: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return "<default>"
+        raw = raw[part]
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Generic dict -> dataclass conversion with key-naming errors
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    def bad() -> ConfigError:
+        return ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise bad()
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise bad()
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
+    for k in raw:
+        if k not in fields:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"{where}: unknown key; expected one of {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing; expected {_type_name(hints[name])}")
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Build and validate :class:`Params` from an already-loaded mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    params = _build(Params, raw, "")
+    params = dataclasses.replace(params, raw=raw)
+    _validate(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read ``params.yaml`` once; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return parse_params(raw, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'gan': {'lr': 1}}`` -> ``{'gan.lr': 1}``; lists are kept as their string form."""
+    out: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = raw
+    return out

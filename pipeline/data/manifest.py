@@ -1,0 +1,133 @@
+"""The on-disk contract: a folder of images plus ``manifest.csv`` with ``path,label``.
+
+Paths are relative to the manifest; ``label`` is a class name from ``data.classes`` (empty for an
+unlabelled image). A folder that holds a ``HELDOUT`` marker is a held-out test split: its labels are
+read only through :func:`heldout_test_set`, which only the evaluate stage calls.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data.images import load_image
+
+MANIFEST_NAME = "manifest.csv"
+HELDOUT_MARKER = "HELDOUT"
+
+
+class ManifestError(ValueError):
+    """A manifest that breaks the contract; the message names the file and the row."""
+
+
+class HeldOutLabelsError(PermissionError):
+    """Raised when code other than evaluation asks for the labels of a held-out test split."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path            # absolute path of the image
+    label: Optional[int]  # class index, None when unlabelled
+
+
+def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: bool = False,
+                  root: str | Path | None = None) -> list[Entry]:
+    """Parse a ``path,label`` CSV; paths are relative to its folder and may not escape ``root``."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent.resolve()
+    root = Path(root).resolve() if root is not None else base
+    index = {name: i for i, name in enumerate(classes)}
+    if not csv_path.is_file():
+        raise ManifestError(f"{csv_path}: manifest not found")
+    entries: list[Entry] = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise ManifestError(f"{csv_path}: expected a header with columns 'path,label', got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            rel = (row.get("path") or "").strip()
+            if not rel:
+                raise ManifestError(f"{csv_path}:{line}: empty path")
+            full = (base / rel).resolve()
+            if not full.is_relative_to(root):
+                raise ManifestError(f"{csv_path}:{line}: path {rel!r} escapes the manifest's root {root}")
+            name = (row.get("label") or "").strip()
+            if not name:
+                if require_labels:
+                    raise ManifestError(f"{csv_path}:{line}: missing label for {rel!r}")
+                entries.append(Entry(full, None))
+                continue
+            if name not in index:
+                raise ManifestError(f"{csv_path}:{line}: label {name!r} is not in data.classes {list(classes)}")
+            entries.append(Entry(full, index[name]))
+    if not entries:
+        raise ManifestError(f"{csv_path}: manifest lists no images")
+    return entries
+
+
+def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
+    """Write ``folder/manifest.csv`` from ``(relative path, class name or '')`` rows."""
+    path = Path(folder) / MANIFEST_NAME
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(batch: torch.Tensor) -> np.ndarray:
+    """``(N, C, H, W)`` in [-1, 1] -> ``(N, H, W, C)`` uint8."""
+    arr = ((batch.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ImageSet(Dataset):
+    """A prepared split read lazily from disk: ``(image tensor, label)``, label -1 when unused.
+
+    ``labels=False`` yields -1 for every image (the unlabelled use of a target split). Asking for the
+    labels of a held-out split raises :class:`HeldOutLabelsError`; see :func:`heldout_test_set`.
+    ``transform`` maps a ``(H, W, C)`` uint8 array to another (albumentations augmentations).
+    """
+
+    def __init__(self, folder: str | Path, classes: Sequence[str], channels: int, size: int,
+                 labels: bool = True, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 _allow_heldout: bool = False):
+        self.folder = Path(folder)
+        if labels and (self.folder / HELDOUT_MARKER).exists() and not _allow_heldout:
+            raise HeldOutLabelsError(
+                f"{self.folder}: held-out test split; its labels are read by the evaluate stage only")
+        self.entries = read_manifest(self.folder / MANIFEST_NAME, classes, require_labels=labels)
+        self.classes = list(classes)
+        self.channels, self.size, self.labels, self.transform = channels, size, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        entry = self.entries[i]
+        image = load_image(entry.path, self.channels, self.size)
+        if self.transform is not None:
+            image = self.transform(image)
+        label = entry.label if (self.labels and entry.label is not None) else -1
+        return to_tensor(image), label
+
+    def targets(self) -> list[int]:
+        if not self.labels:
+            raise HeldOutLabelsError(f"{self.folder}: opened without labels")
+        return [e.label for e in self.entries]
+
+
+def heldout_test_set(folder: str | Path, classes: Sequence[str], channels: int, size: int) -> ImageSet:
+    """The labelled held-out test split. Only the evaluate stage may call this (a test enforces it)."""
+    return ImageSet(folder, classes, channels, size, labels=True, _allow_heldout=True)

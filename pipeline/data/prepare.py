@@ -1,0 +1,225 @@
+"""prepare: turn any supported input into the canonical layout of four splits.
+
+``<out>/source/{train,val}``, ``<out>/target/{train,test}``, each a folder of PNGs plus
+``manifest.csv``. Everything is written into a temporary folder that replaces ``<out>`` only when
+every image has been decoded and written, so a failed or interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from pipeline.config import DataParams, Params
+from pipeline.data.digits import real_digits, rendered_digits
+from pipeline.data.images import BadImageError, load_image
+from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_manifest
+from pipeline.io import atomic_directory, image_grid, save_png
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("source/train", "source/val", "target/train", "target/test")
+
+
+class PrepareError(ValueError):
+    """Input that cannot be prepared; the message names the folder, file or class."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading user data
+# ------------------------------------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def scan_imagefolder(root: Path, classes: Sequence[str]) -> list[Entry]:
+    """``root/<class>/<image>``; every visible file in a class folder is taken as an image."""
+    if not root.is_dir():
+        raise PrepareError(f"{root}: expected a folder with one sub-folder per class")
+    index = {c: i for i, c in enumerate(classes)}
+    entries: list[Entry] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name not in index:
+            raise PrepareError(f"{sub}: class folder {sub.name!r} is not in data.classes {list(classes)}")
+        files = _listing(sub)
+        if not files:
+            raise PrepareError(f"{sub}: class {sub.name!r} has no images")
+        entries += [Entry(f.resolve(), index[sub.name]) for f in files]
+    if not entries:
+        raise PrepareError(f"{root}: no class sub-folders with images found (expected {list(classes)})")
+    return entries
+
+
+def scan_flat_folder(root: Path) -> list[Entry]:
+    if not root.is_dir():
+        raise PrepareError(f"{root}: expected a folder of images")
+    files = _listing(root)
+    if not files:
+        raise PrepareError(f"{root}: folder has no images")
+    return [Entry(f.resolve(), None) for f in files]
+
+
+def scan_labelled(path: str, fmt: str, classes: Sequence[str]) -> list[Entry]:
+    """A labelled set: an imagefolder folder, or a manifest CSV (every row labelled)."""
+    p = Path(path)
+    if fmt == "manifest" or (fmt == "folder" and p.is_file()):
+        if not p.is_file():
+            raise PrepareError(f"{p}: expected a manifest CSV file with columns path,label")
+        return read_manifest(p, classes, require_labels=True)
+    return scan_imagefolder(p, classes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Splitting
+# ------------------------------------------------------------------------------------------------
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
+    """Indices ``(kept, held)``: per class a seeded ``round(fraction * n)`` (at least 1) go to ``held``."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    kept, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            raise PrepareError(f"{what}: class index {int(c)} has {len(idx)} image(s); a split needs at least 2")
+        idx = rng.permutation(idx)
+        n_held = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
+        held += idx[:n_held].tolist()
+        kept += idx[n_held:].tolist()
+    return sorted(kept), sorted(held)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitWriter:
+    """Writes ``images/NNNNNN.png`` plus the manifest of one split."""
+
+    folder: Path
+    classes: Sequence[str]
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    preview: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, image: np.ndarray, label: Optional[int]) -> None:
+        rel = f"images/{len(self.rows):06d}.png"
+        save_png(image, self.folder / rel)
+        name = self.classes[label] if label is not None else ""
+        self.rows.append((rel, name))
+        self.counts[name or "<unlabelled>"] += 1
+        if len(self.preview) < 16:
+            self.preview.append(image)
+
+    def close(self) -> dict:
+        if not self.rows:
+            raise PrepareError(f"{self.folder.name}: split would be empty")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_manifest(self.folder, self.rows)
+        return {"count": len(self.rows), "per_class": dict(sorted(self.counts.items()))}
+
+
+class Decoder:
+    """Decodes user images to the configured shape; bad files raise, or are skipped and counted."""
+
+    def __init__(self, data: DataParams):
+        self.data, self.skipped = data, 0
+
+    def __call__(self, entries: Iterable[Entry]) -> Iterator[tuple[np.ndarray, Optional[int]]]:
+        for e in entries:
+            try:
+                yield load_image(e.path, self.data.channels, self.data.image_size), e.label
+            except BadImageError as exc:
+                if not self.data.skip_bad_images:
+                    raise BadImageError(f"{exc} (set data.skip_bad_images: true to skip such files)") from None
+                self.skipped += 1
+                log.warning("skipping bad image: %s", exc)
+
+
+def _check_target_classes(source_labels: Iterable[int], target_labels: Iterable[Optional[int]],
+                          classes: Sequence[str], where: str) -> None:
+    have = set(source_labels)
+    for t in sorted({t for t in target_labels if t is not None}):
+        if t not in have:
+            raise PrepareError(f"{where}: class {classes[t]!r} appears in the target but the source has no image of it")
+
+
+def _source_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable]]:
+    d, seed = params.data, params.seed
+    if d.source.format == "digits":
+        r = d.render
+        yield "source/train", rendered_digits(r.train_count, seed, "train", r, d.image_size, d.channels)
+        yield "source/val", rendered_digits(r.val_count, seed, "val", r, d.image_size, d.channels)
+        return
+    entries = scan_labelled(d.source.root, d.source.format, d.classes)
+    missing = [c for i, c in enumerate(d.classes) if i not in {e.label for e in entries}]
+    if missing:
+        raise PrepareError(f"{d.source.root}: class(es) {missing} of data.classes have no source image")
+    train, val = stratified_split([e.label for e in entries], d.source.val_fraction, seed, d.source.root)
+    yield "source/train", dec(entries[i] for i in train)
+    yield "source/val", dec(entries[i] for i in val)
+
+
+def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable]]:
+    d, seed, t = params.data, params.seed, params.data.target
+    if t.format == "digits":
+        images, labels = real_digits(d.image_size, d.channels)
+        train, test = stratified_split(labels.tolist(), t.test_fraction, seed + 1, "load_digits")
+        yield "target/train", ((images[i], int(labels[i])) for i in train)
+        yield "target/test", ((images[i], int(labels[i])) for i in test)
+        return
+    if t.format == "folder":
+        train_entries = scan_flat_folder(Path(t.root))
+    else:
+        train_entries = scan_labelled(t.root, t.format, d.classes)
+    if t.test_root:
+        test_entries = scan_labelled(t.test_root, "imagefolder" if Path(t.test_root).is_dir() else "manifest",
+                                     d.classes)
+        yield "target/train", dec(train_entries)
+        yield "target/test", dec(test_entries)
+        return
+    train, test = stratified_split([e.label for e in train_entries], t.test_fraction, seed + 1, t.root)
+    yield "target/train", dec(train_entries[i] for i in train)
+    yield "target/test", dec(train_entries[i] for i in test)
+
+
+def prepare(params: Params, out_dir: str | Path) -> tuple[dict, np.ndarray]:
+    """Write the four canonical splits into ``out_dir`` atomically.
+
+    Returns per-split statistics and a preview grid (row 1: source/train, row 2: target/train).
+    """
+    d = params.data
+    dec = Decoder(d)
+    stats: dict = {"splits": {}}
+    previews: dict[str, list[np.ndarray]] = {}
+    with atomic_directory(out_dir) as tmp:
+        for split, items in [*_source_splits(params, dec), *_target_splits(params, dec)]:
+            writer = SplitWriter(tmp / split, d.classes)
+            labels = []
+            for image, label in items:
+                writer.add(image, label)
+                labels.append(label)
+            stats["splits"][split] = writer.close()
+            stats["splits"][split]["_labels"] = labels
+            previews[split] = writer.preview
+        source_labels = stats["splits"]["source/train"]["_labels"] + stats["splits"]["source/val"]["_labels"]
+        for split in ("target/train", "target/test"):
+            _check_target_classes(source_labels, stats["splits"][split]["_labels"], d.classes, split)
+        (tmp / "target/test" / HELDOUT_MARKER).write_text(
+            "Held-out real test split: its labels are read only by the evaluate stage.\n")
+    for s in stats["splits"].values():
+        s.pop("_labels")
+    stats["skipped_bad_images"] = dec.skipped
+    stats["image_size"], stats["channels"] = d.image_size, d.channels
+    preview = image_grid([np.stack(previews["source/train"]), np.stack(previews["target/train"])], scale=3)
+    return stats, preview

@@ -1,0 +1,1 @@
+"""CycleGAN-style image translation: networks, losses and the fake-image history pool."""

@@ -1,0 +1,94 @@
+"""Crash-safe writing: files and whole folders appear complete or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final``, on error it is removed.
+
+    An interrupted or failed run therefore leaves ``final`` as it was (or absent), never half-written.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> None:
+    """``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 -> PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def image_grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Stack rows of ``(N, H, W, C)`` uint8 images into one grid image (RGB when any row has 3 channels)."""
+    channels = max(r.shape[-1] for r in rows)
+    n = max(len(r) for r in rows)
+    h, w = rows[0].shape[1:3]
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, channels), 128, np.uint8)
+    for i, row in enumerate(rows):
+        if row.shape[-1] != channels:
+            row = np.repeat(row, channels, axis=-1)
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y:y + h, x:x + w] = img
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    return grid

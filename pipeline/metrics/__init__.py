@@ -1,0 +1,1 @@
+"""Metrics: classification quality and the domain gap between feature sets."""

@@ -1,0 +1,1 @@
+"""Task networks (classifiers) and the DANN domain-adversarial baseline."""

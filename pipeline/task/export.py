@@ -1,0 +1,33 @@
+"""The exported task model: one file that rebuilds the network with nothing else.
+
+``model.pt`` = ``{"config": build config, "state_dict": weights, "meta": {classes, image_size,
+channels, variant, ...}}``, loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.checkpoint import CheckpointError, load_weights_only, save_atomic
+from pipeline.task.models import model_from_config
+
+MODEL_FILE = "model.pt"
+
+
+def save_task_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_atomic({"config": dict(model.sim2real_config), "state_dict": state, "meta": meta}, path)
+
+
+def load_task_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the exported model in eval mode on ``device``; returns ``(model, meta)``."""
+    blob = load_weights_only(path)
+    if not isinstance(blob, dict) or not {"config", "state_dict", "meta"} <= set(blob):
+        raise CheckpointError(f"{path}: not an exported sim2real task model (expected config, state_dict, meta)")
+    model = model_from_config(blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), blob["meta"]
