@@ -158,7 +158,7 @@ def _ensure_experiment(client, name: str) -> str:
 
 def _parent_run(client, experiment_id: str, key: str, params: Params) -> str:
     escaped = key.replace("'", "\\'")
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{escaped}'",
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{escaped}' and tags.`sim2real.role` = 'pipeline'",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
         return found[0].info.run_id

@@ -83,7 +83,7 @@ def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(batch: torch.Tensor) -> np.ndarray:

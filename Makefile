@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh clone:
+#   make repro   create .venv when missing, install, run the whole DVC pipeline (dvc repro)
+#   make test    create .venv when missing, install, run the test suite (CI runs this)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sim2real-installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test test-fast ui bench clean-tracking
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: $(STAMP)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_gan.py

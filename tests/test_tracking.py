@@ -1,0 +1,59 @@
+"""Tracking writes one parent run per pipeline execution and one child run per stage."""
+
+import pytest
+
+from pipeline.config import parse_params
+from pipeline.tracking import NullTracker, stage_run
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIM2REAL_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "test-exp")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-one")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_parent_and_child_runs_with_params(store, default_raw):
+    from mlflow.tracking import MlflowClient
+
+    params = parse_params(default_raw)
+    with stage_run("prepare", params) as t1:
+        t1.log_metrics({"count": 3.0}, step=1)
+    with stage_run("train_task", params, variant="dann") as t2:
+        pass
+    assert t1.parent_run_id == t2.parent_run_id
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("test-exp")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"prepare", "train_task@dann", "pipeline dvc-exp:exp-one"}
+    child = runs["train_task@dann"]
+    assert child.data.tags["mlflow.parentRunId"] == t1.parent_run_id
+    assert child.data.tags["variant"] == "dann" and child.data.tags["stage"] == "train_task"
+    assert child.data.params["gan.weights.cycle"] == "10.0"
+    assert child.data.params["data.image_size"] == "32"
+    assert "git_commit" in child.data.params and "git_commit" in child.data.tags
+    assert runs["prepare"].data.metrics["count"] == 3.0
+    assert child.info.status == "FINISHED"
+
+
+def test_failed_stage_marks_its_run_failed(store, default_raw):
+    from mlflow.tracking import MlflowClient
+
+    params = parse_params(default_raw)
+    with pytest.raises(RuntimeError):
+        with stage_run("translate", params) as t:
+            raise RuntimeError("boom")
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert client.get_run(t.run_id).info.status == "FAILED"
+
+
+def test_other_ranks_do_not_log(store, default_raw, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with stage_run("prepare", parse_params(default_raw)) as t:
+        assert isinstance(t, NullTracker)
+        t.log_metrics({"x": 1.0})
+    assert not (store / "mlflow.db").exists()
