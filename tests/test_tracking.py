@@ -57,3 +57,33 @@ def test_other_ranks_do_not_log(store, default_raw, monkeypatch):
         assert isinstance(t, NullTracker)
         t.log_metrics({"x": 1.0})
     assert not (store / "mlflow.db").exists()
+
+
+_CONCURRENT = """
+import sys
+from pipeline.config import load_params
+from pipeline.tracking import stage_run
+with stage_run(sys.argv[1], load_params(sys.argv[2])) as t:
+    t.log_metrics({"ok": 1.0})
+print(t.parent_run_id)
+"""
+
+
+def test_fresh_store_created_by_two_processes_at_once(store, default_raw):
+    """A fresh SQLite store races when created concurrently; the lock makes both stages succeed."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    (store / "params.yaml").write_text(yaml.safe_dump(default_raw))
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, f"stage{i}", str(store / "params.yaml")],
+                              cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    parents = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(parents) == 1

@@ -1,0 +1,176 @@
+"""Translate a folder of synthetic images with an exported generator (``models/gan/generator.pt``).
+
+The input is either a prepared split (a folder with ``manifest.csv``; its labels are kept) or any
+folder of images without a manifest (every image file below it, in sorted order, unlabelled).
+Images are decoded to the generator's channels and size, streamed through it in batches under
+``torch.inference_mode`` and written as PNGs plus a ``manifest.csv`` (``path,label,source``) into
+a temporary sibling folder that replaces the output only when everything succeeded. Memory does
+not grow with the number of images.
+
+Command line (also installed as ``sim2real-translate``)::
+
+    python -m pipeline.gan.translate --generator models/gan/generator.pt --input DIR --output DIR \\
+        [--batch-size 256] [--device auto] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.data.images import BadImageError, is_image_file, load_image, save_image
+from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
+from pipeline.distributed import resolve_device
+from pipeline.gan.export import load_generator
+from pipeline.io import atomic_directory, write_json
+
+log = logging.getLogger(__name__)
+
+
+class TranslationInputs(Dataset):
+    """``(image tensor, index)`` for each input image; :meth:`describe` gives its output row."""
+
+    def __init__(self, files: list[Path], labels: list[str], root: Path, channels: int, size: int):
+        self.files, self.labels, self.root = files, labels, root
+        self.channels, self.size = channels, size
+        self.outputs = output_names(files, root)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return to_tensor(load_image(self.files[i], self.channels, self.size)), i
+
+    def describe(self, i: int) -> tuple[str, str, str]:
+        """``(output path, label, input path)``, paths relative to their folders."""
+        return self.outputs[i], self.labels[i], relative(self.files[i], self.root)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, classes: Sequence[str], channels: int, size: int) -> "TranslationInputs":
+        """A folder with ``manifest.csv`` (labels kept when every row has one), or a plain image folder."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: input folder not found")
+        if (folder / MANIFEST_NAME).is_file():
+            return cls._from_manifest(folder, classes, channels, size)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no image files (and no {MANIFEST_NAME}) found")
+        return cls(files, [""] * len(files), folder, channels, size)
+
+    @classmethod
+    def _from_manifest(cls, folder: Path, classes: Sequence[str], channels: int, size: int) -> "TranslationInputs":
+        entries = read_manifest(folder / MANIFEST_NAME, classes)
+        labelled = all(e.label is not None for e in entries)
+        if not labelled and any(e.label is not None for e in entries):
+            log.warning("%s: some rows have no label; translating the folder as unlabelled", folder)
+        # ImageSet enforces the contract (held-out splits never give their labels away).
+        dataset = ImageSet(folder, classes, channels, size, labels=labelled)
+        labels = [classes[e.label] if labelled else "" for e in dataset.entries]
+        return cls([e.path for e in dataset.entries], labels, folder.resolve(), channels, size)
+
+
+def relative(path: Path, root: Path) -> str:
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
+def output_names(files: list[Path], root: Path) -> list[str]:
+    """Each input's path relative to ``root`` with a ``.png`` suffix; a clash is an error naming both."""
+    seen: dict[str, Path] = {}
+    names = []
+    for f in files:
+        name = Path(relative(f, root)).with_suffix(".png").as_posix()
+        if name in seen:
+            raise ValueError(f"{f} and {seen[name]} would both be written as {name}; rename one of them")
+        seen[name] = f
+        names.append(name)
+    return names
+
+
+def translate_folder(generator_file: str | Path, input_folder: str | Path, out_dir: str | Path,
+                     batch_size: int = 256, device: str = "auto", workers: int = 0,
+                     provenance: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Translate every image of ``input_folder`` into ``out_dir`` (replaced atomically).
+
+    Writes PNGs (same relative paths, ``.png``), ``manifest.csv`` with ``path,label,source`` (labels
+    kept from a labelled manifest, empty otherwise) and, when given, ``provenance.json``. On any
+    error (a bad image, an interruption) ``out_dir`` is left as it was. Returns a summary.
+    """
+    dev = resolve_device(device)
+    generator, meta = load_generator(generator_file, dev)
+    channels, size = int(meta["channels"]), int(meta["image_size"])
+    inputs = TranslationInputs.from_folder(input_folder, meta["classes"], channels, size)
+    loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=dev.type == "cuda")
+    started = time.perf_counter()
+    with atomic_directory(out_dir) as tmp:
+        write_translations(generator, loader, inputs, tmp)
+        seconds = time.perf_counter() - started
+        summary = {"images": len(inputs), "labelled": any(inputs.labels), "seconds": round(seconds, 3),
+                   "images_per_second": round(len(inputs) / max(seconds, 1e-9), 1),
+                   "input": str(input_folder), "output": str(out_dir), "generator": str(generator_file),
+                   "generator_params_hash": meta.get("params_hash"), "channels": channels, "image_size": size}
+        if provenance is not None:
+            write_json(tmp / "provenance.json", {**provenance, "translation": summary})
+    return summary
+
+
+def write_translations(generator: torch.nn.Module, loader: DataLoader, inputs: TranslationInputs, folder: Path) -> None:
+    """Stream batches through ``generator``; each image is written as soon as it is translated."""
+    device = next(generator.parameters()).device
+    with (folder / MANIFEST_NAME).open("w", newline="") as fh, torch.inference_mode():
+        rows = csv.writer(fh)
+        rows.writerow(["path", "label", "source"])
+        for x, index in loader:
+            images = to_uint8(generator(x.to(device, non_blocking=True)))
+            for image, i in zip(images, index.tolist()):
+                name, label, source = inputs.describe(i)
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                save_image(image, folder / name)
+                rows.writerow([name, label, source])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``sim2real-translate``: translate any folder of new simulator renders."""
+    from pipeline import cli
+
+    cli.run(_cli, argv)
+
+
+def _cli(argv: Sequence[str]) -> None:
+    ap = argparse.ArgumentParser(prog="sim2real-translate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generator", default="models/gan/generator.pt", help="an exported generator.pt")
+    ap.add_argument("--input", required=True, help="a folder with manifest.csv, or any folder of images")
+    ap.add_argument("--output", required=True, help="the folder to write (replaced atomically)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes decoding images")
+    args = ap.parse_args(argv)
+    if args.batch_size <= 0:
+        ap.error("--batch-size must be positive")
+    record = {"command": " ".join(sys.argv), "generator": args.generator, "input": args.input,
+              "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        summary = translate_folder(args.generator, args.input, args.output, args.batch_size, args.device,
+                                   args.workers, provenance=record)
+    except (BadImageError, ManifestError):
+        raise  # reported by cli.run
+    except ValueError as exc:  # a device that is not there, two inputs with one output name
+        ap.exit(2, f"error: {exc}\n")
+    log.info("translated %d images into %s (%.0f images/s)", summary["images"], args.output,
+             summary["images_per_second"])
+
+
+if __name__ == "__main__":
+    main()

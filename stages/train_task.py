@@ -1,0 +1,58 @@
+"""DVC stage ``train_task@<variant>``: train the variant's task model (supervised or DANN).
+
+Writes ``models/task/<variant>/{model.pt,provenance.json}`` (atomically, rank 0), the per-epoch
+``reports/train/<variant>/history.csv`` and ``metrics.json``, and resumes from
+``checkpoints/task/<variant>/last.pt`` when interrupted. Launch with ``torchrun`` for
+DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from pipeline import cli
+from pipeline.config import ConfigError, load_params
+from pipeline.distributed import init_runtime, shutdown
+from pipeline.io import atomic_directory
+from pipeline.provenance import provenance, write_provenance
+from pipeline.task.train import FINGERPRINT_SECTIONS, export_task_model, train_task_model
+from pipeline.tracking import stage_run
+
+log = logging.getLogger("stages.train_task")
+
+
+def main(argv: Sequence[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.train_task", description=__doc__)
+    ap.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--models", default="models/task")
+    ap.add_argument("--checkpoints", default="checkpoints/task")
+    ap.add_argument("--reports", default="reports/train")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    variant = params.variant(args.variant)
+    try:
+        runtime = init_runtime(params.task.device)
+    except ValueError as exc:
+        raise ConfigError(f"task.{exc}") from None
+    try:
+        with stage_run("train_task", params, args.variant, {"method": variant.method}) as tracker:
+            result = train_task_model(params, args.variant, runtime, tracker,
+                                      checkpoint_dir=Path(args.checkpoints) / args.variant,
+                                      reports_dir=Path(args.reports) / args.variant, log=log)
+            if runtime.is_main:
+                with atomic_directory(Path(args.models) / args.variant) as tmp:
+                    export_task_model(result, tmp, tracker)
+                    write_provenance(tmp, provenance(params, "train_task", FINGERPRINT_SECTIONS + ("variants",),
+                                                     variant=args.variant, metrics=result.metrics))
+                tracker.log_artifact(Path(args.reports) / args.variant / "history.csv")
+    finally:
+        shutdown(runtime)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,271 @@
+"""Task training on a tiny two-class problem: augmentation, supervised and DANN runs, export, resume.
+
+The helpers ``write_split`` and ``tiny_params`` are imported by the other task tests too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import AugmentStep, ConfigError, parse_params
+from pipeline.data.augment import build_augment
+from pipeline.data.manifest import HELDOUT_MARKER, write_manifest
+from pipeline.distributed import Runtime
+from pipeline.io import save_png
+from pipeline.task.export import load_task_model
+from pipeline.task.train import export_task_model, train_task_model, uses_target_labels
+
+CLASSES = ("a", "b")
+SIZE = 16
+CPU = Runtime(torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny data and params
+# ------------------------------------------------------------------------------------------------
+
+
+def tiny_image(label: int, rng: np.random.Generator, real: bool) -> np.ndarray:
+    """Class ``a``: a bright bar in the top half; ``b``: in the bottom half. ``real``: other contrast and noise."""
+    background, ink, noise = (60, 160, 25) if real else (10, 240, 8)
+    img = rng.normal(background, noise, (SIZE, SIZE))
+    row = rng.integers(1, SIZE // 2 - 3) + (SIZE // 2 if label else 0)
+    col = rng.integers(0, SIZE // 2)
+    img[row:row + 3, col:col + SIZE // 2] = ink
+    return np.clip(img, 0, 255).astype(np.uint8)[:, :, None]
+
+
+def write_split(folder: Path, n: int, seed: int = 0, real: bool = False, labelled: bool = True,
+                heldout: bool = False) -> Path:
+    """``n`` tiny images (classes alternating) plus manifest.csv, optionally marked held-out."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = i % len(CLASSES)
+        save_png(tiny_image(label, rng, real), folder / "images" / f"{i:04d}.png")
+        rows.append((f"images/{i:04d}.png", CLASSES[label] if labelled else ""))
+    write_manifest(folder, rows)
+    if heldout:
+        (folder / HELDOUT_MARKER).write_text("held-out test split\n")
+    return folder
+
+
+def tiny_prepared(root: Path, n: int = 48) -> Path:
+    """``root/data/prepared/{source/train,source/val,target/train,target/test}``."""
+    prepared = root / "data" / "prepared"
+    write_split(prepared / "source" / "train", n, seed=1)
+    write_split(prepared / "source" / "val", 16, seed=2)
+    write_split(prepared / "target" / "train", n // 2, seed=3, real=True)
+    write_split(prepared / "target" / "test", 20, seed=4, real=True, heldout=True)
+    return prepared
+
+
+def tiny_task_raw(root: Path, prepared: Path, **task) -> dict:
+    return {
+        "seed": 0,
+        "data": {"image_size": SIZE, "channels": 1, "classes": list(CLASSES),
+                 "source": {"format": "imagefolder", "root": str(root)},
+                 "target": {"format": "imagefolder", "root": str(root)}},
+        "augment": [{"name": "Affine", "params": {"rotate": [-5, 5], "p": 0.5}}],
+        "task": {"model": "small_cnn", "width": 4, "epochs": 2, "batch_size": 8, "select": "source_val",
+                 "device": "cpu", "optimizer": {"name": "adam", "lr": 0.01}, **task},
+        "variants": {
+            "source_only": {"method": "supervised", "train": str(prepared / "source" / "train")},
+            "dann": {"method": "dann", "train": str(prepared / "source" / "train")},
+            "target_oracle": {"method": "supervised", "train": str(prepared / "target" / "train")},
+        },
+        "dann": {"hidden": 8},
+    }
+
+
+def tiny_params(root: Path, prepared: Path, seed: int = 0, **task):
+    return parse_params({**tiny_task_raw(root, prepared, **task), "seed": seed})
+
+
+class RecordingTracker:
+    """Collects what a stage logs (the NullTracker interface, with memory)."""
+
+    run_id = parent_run_id = None
+
+    def __init__(self):
+        self.metrics: list[tuple[dict, int | None]] = []
+        self.tags: dict = {}
+        self.models: list[str] = []
+
+    def log_metrics(self, metrics, step=None, run_id=None):
+        self.metrics.append((dict(metrics), step))
+
+    def set_tags(self, tags, run_id=None):
+        self.tags.update(tags)
+
+    def log_model(self, model, name, pip_requirements=None):
+        self.models.append(name)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@pytest.fixture
+def project(tmp_path):
+    return tmp_path, tiny_prepared(tmp_path)
+
+
+def train(params, variant, root: Path, tag: str = "run", tracker=None, **kwargs):
+    return train_task_model(params, variant, CPU, tracker or RecordingTracker(), root / "ckpt" / tag,
+                            root / "reports" / tag, prepared=root / "data" / "prepared", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentation
+# ------------------------------------------------------------------------------------------------
+
+
+def test_augment_keeps_single_channel_uint8_and_reseeds():
+    augment = build_augment((AugmentStep("Affine", {"rotate": [-20, 20], "p": 1.0}),
+                             AugmentStep("GaussianBlur", {"p": 1.0})))
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 1), dtype=np.uint8)
+    augment.reseed(7)
+    first = augment(image)
+    augment.reseed(7)
+    assert first.shape == (SIZE, SIZE, 1) and first.dtype == np.uint8
+    assert np.array_equal(first, augment(image))
+    assert build_augment(()) is None
+
+
+@pytest.mark.parametrize("step, key", [
+    (AugmentStep("NoSuchTransform", {}), "augment[1].name"),
+    (AugmentStep("Compose", {}), "augment[1].name"),
+    (AugmentStep("Affine", {"rotat": 3}), "augment[1].params"),
+    (AugmentStep("Affine", {"rotate": "much"}), "augment[1].params"),
+])
+def test_augment_errors_name_the_step(step, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        build_augment((AugmentStep("HorizontalFlip", {}), step))
+
+
+# ------------------------------------------------------------------------------------------------
+# Supervised and DANN
+# ------------------------------------------------------------------------------------------------
+
+
+def test_supervised_run_learns_and_exports_a_loadable_model(project):
+    root, prepared = project
+    params = tiny_params(root, prepared, epochs=3)
+    tracker = RecordingTracker()
+    result = train(params, "source_only", root, tracker=tracker)
+
+    assert result.history[-1]["train_acc"] > 0.75          # chance is 0.5
+    assert max(row["source_val_acc"] for row in result.history) > 0.75
+    assert [step for _, step in tracker.metrics] == [1, 2, 3]
+    with open(root / "reports" / "run" / "history.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header[:1] == ["epoch"] and {"train_loss", "train_acc", "source_val_acc", "lr"} <= set(header)
+    metrics = json.loads((root / "reports" / "run" / "metrics.json").read_text())
+    assert metrics["selected_epoch"] in (1, 2, 3) and metrics["images_per_second"] > 0
+
+    path = export_task_model(result, root / "models", tracker)
+    model, meta = load_task_model(path)
+    x = torch.randn(5, 1, SIZE, SIZE)
+    assert torch.equal(model(x), result.model(x))
+    assert meta["classes"] == list(CLASSES) and meta["uses_target_labels"] is False
+    assert meta["selected_epoch"] == metrics["selected_epoch"] and tracker.models == ["task_source_only"]
+    assert tracker.tags["uses_target_labels"] is False
+
+
+def test_only_target_trained_variants_use_target_labels(project):
+    root, prepared = project
+    params = tiny_params(root, prepared)
+    assert [uses_target_labels(params, v, prepared) for v in ("source_only", "dann", "target_oracle")] == \
+        [False, False, True]
+
+
+def test_dann_logs_rising_lambda_and_domain_accuracy(project):
+    root, prepared = project
+    tracker = RecordingTracker()
+    result = train(tiny_params(root, prepared, epochs=3), "dann", root, tracker=tracker)
+
+    logged = [m for m, _ in tracker.metrics]
+    lambdas = [m["lambda"] for m in logged]
+    assert len(logged) == 3 and all(b > a for a, b in zip(lambdas, lambdas[1:])) and 0 < lambdas[0] < 1
+    assert all(0.0 <= m["domain_acc"] <= 1.0 and m["domain_loss"] > 0 for m in logged)
+    assert all({"train_loss", "train_acc", "source_val_acc", "lr"} <= set(m) for m in logged)
+    lrs = [m["lr"] for m in logged]
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))           # annealed lr0 / (1 + alpha p) ** beta
+    assert result.meta["method"] == "dann"
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(epoch: int):
+    def hook(done: int, row: dict) -> None:
+        if done == epoch:
+            raise Interrupted
+    return hook
+
+
+def test_interrupted_run_resumes_to_the_same_weights(project):
+    root, prepared = project
+    params = tiny_params(root, prepared, epochs=3, select="last")
+    straight = train(params, "dann", root, tag="straight")
+
+    with pytest.raises(Interrupted):
+        train(params, "dann", root, tag="resumed", on_epoch_end=interrupt_after(2))
+    seen = []
+    resumed = train(params, "dann", root, tag="resumed", on_epoch_end=lambda e, row: seen.append(e))
+
+    assert seen == [3]                                          # only the missing epoch ran
+    assert resumed.history == straight.history
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    a = torch.load(root / "ckpt" / "straight" / "last.pt", weights_only=True)
+    b = torch.load(root / "ckpt" / "resumed" / "last.pt", weights_only=True)
+    for key, value in a["discriminator"].items():
+        assert torch.equal(value, b["discriminator"][key]), key
+
+
+def test_checkpoint_from_other_params_is_moved_aside(project):
+    root, prepared = project
+    train(tiny_params(root, prepared, epochs=1), "source_only", root)
+    seen = []
+    train(tiny_params(root, prepared, seed=1, epochs=1), "source_only", root,
+          on_epoch_end=lambda e, row: seen.append(e))
+
+    assert seen == [1]                                          # trained afresh
+    assert len(list((root / "ckpt" / "run").glob("stale-*.pt"))) == 1
+    assert (root / "ckpt" / "run" / "last.pt").exists()
+
+
+def test_checkpoint_from_other_training_data_is_not_resumed(project):
+    root, prepared = project
+    params = tiny_params(root, prepared, epochs=1)
+    train(params, "source_only", root)
+    write_split(prepared / "source" / "train", 48, seed=99)     # same names, other images
+    seen = []
+    train(params, "source_only", root, on_epoch_end=lambda e, row: seen.append(e))
+
+    assert seen == [1] and len(list((root / "ckpt" / "run").glob("stale-*.pt"))) == 1
+
+
+def test_stage_rejects_an_unknown_variant(project, monkeypatch):
+    from stages import train_task
+
+    root, prepared = project
+    monkeypatch.setenv("SIM2REAL_TRACKING", "off")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_task_raw(root, prepared)))
+    with pytest.raises(ConfigError, match=r"variants\.nope"):
+        train_task.main(["--variant", "nope", "--params", str(root / "params.yaml")])
