@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -30,19 +32,22 @@ class Runtime:
         return self.world_size > 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error naming the key."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+        raise ConfigError(f"{key}: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(name)
 
 
-def init_runtime(device: str = "auto") -> Runtime:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1), else run single-process."""
+def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1), else run single-process.
+
+    ``device`` is the params value and ``key`` its name (``task.device``), for the error message.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
+    dev = resolve_device(device, key)
     if world <= 1:
         return Runtime(dev)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -66,6 +66,20 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_table(path: str | Path, rows: list[dict[str, Any]], first: str = "epoch") -> None:
+    """CSV with one row per dict, column ``first`` leading (the x axis of ``dvc plots``), then every
+    other key in the order first seen; missing values are left empty."""
+    import csv
+    import io
+
+    columns = [first] + list(dict.fromkeys(k for row in rows for k in row if k != first))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
 def save_png(image: np.ndarray, path: str | Path) -> None:
     """``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 -> PNG, atomically."""
     from PIL import Image

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import cli
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
 from pipeline.distributed import resolve_device
 from pipeline.provenance import provenance
 from pipeline.task.evaluate import TARGET_TEST, evaluate_variant
@@ -29,10 +29,7 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     params.variant(args.variant)
-    try:
-        device = resolve_device(params.task.device)
-    except ValueError as exc:
-        raise ConfigError(f"task.{exc}") from None
+    device = resolve_device(params.task.device, "task.device")
     with stage_run("evaluate", params, args.variant) as tracker:
         evaluate_variant(params, args.variant, Path(args.models) / args.variant,
                          Path(args.reports) / args.variant, tracker, test_dir=args.test, device=device)

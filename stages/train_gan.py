@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import cli
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
 from pipeline.distributed import init_runtime, shutdown
 from pipeline.gan.trainer import GanPaths, train_gan
 from pipeline.tracking import stage_run
@@ -35,10 +35,7 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     paths = GanPaths(Path(args.checkpoints), Path(args.models), Path(args.reports))
-    try:
-        runtime = init_runtime(params.gan.device)
-    except ValueError as exc:
-        raise ConfigError(f"gan.{exc}") from None
+    runtime = init_runtime(params.gan.device, "gan.device")
     try:
         with stage_run("train_gan", params) as tracker:
             result = train_gan(params, args.prepared, args.task_model, paths, tracker, runtime)

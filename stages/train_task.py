@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import cli
-from pipeline.config import ConfigError, load_params
+from pipeline.config import load_params
 from pipeline.distributed import init_runtime, shutdown
 from pipeline.io import atomic_directory
 from pipeline.provenance import provenance, write_provenance
@@ -35,10 +35,7 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     variant = params.variant(args.variant)
-    try:
-        runtime = init_runtime(params.task.device)
-    except ValueError as exc:
-        raise ConfigError(f"task.{exc}") from None
+    runtime = init_runtime(params.task.device, "task.device")
     try:
         with stage_run("train_task", params, args.variant, {"method": variant.method}) as tracker:
             result = train_task_model(params, args.variant, runtime, tracker,

@@ -17,7 +17,7 @@ from pipeline.report import summarize, write_report
 from pipeline.task.evaluate import evaluate_variant
 from pipeline.task.export import save_task_model
 from pipeline.task.models import build_task_model
-from test_task_training import CLASSES, SIZE, RecordingTracker, tiny_params, tiny_prepared, tiny_task_raw
+from tinydata import CLASSES, SIZE, RecordingTracker, tiny_params, tiny_prepared, tiny_task_raw
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.manifest import HeldOutLabelsError, ImageSet, heldout_test_set
-from test_task_training import CLASSES, SIZE, write_split
+from tinydata import CLASSES, SIZE, write_split
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED = {"pipeline/data/manifest.py", "pipeline/task/evaluate.py"}

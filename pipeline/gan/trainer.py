@@ -16,10 +16,7 @@ resumes from rank 0's state).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
-import io
 import logging
 import math
 import time
@@ -33,7 +30,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from pipeline.checkpoint import Checkpointer, seed_everything
+from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, GanParams, Params
 from pipeline.data.manifest import ImageSet
 from pipeline.distributed import Runtime, barrier, wrap
@@ -43,8 +40,9 @@ from pipeline.gan.losses import (adversarial_loss, cycle_loss, discriminator_los
                                  lipschitz_pairs, lipschitz_penalty, similarity_loss, task_loss)
 from pipeline.gan.networks import PatchDiscriminator, ResnetGenerator
 from pipeline.gan.pool import ImagePool
-from pipeline.io import atomic_directory, save_png, write_json, write_text
+from pipeline.io import atomic_directory, save_png, write_json, write_table
 from pipeline.provenance import provenance, write_provenance
+from pipeline.reproducibility import content_digest, derive_seed, file_sha256, seed_everything, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +62,6 @@ TASK_MODEL_HINT = "run `dvc repro train_task@source_only` (or `python -m stages.
 # ------------------------------------------------------------------------------------------------
 # Small helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of plain values, e.g. ``(seed, "pool_real", rank)``."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def seeded_generator(*parts: Any) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(derive_seed(*parts))
-    return generator
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_digest(roots: Iterable[str | Path], pattern: str = "*") -> str:
-    """sha256 over every file matching ``pattern`` under ``roots``: relative name and bytes."""
-    digest = hashlib.sha256()
-    for i, root in enumerate(Path(r) for r in roots):
-        for path in sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
-            digest.update(f"{i}:{path.relative_to(root).as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def run_fingerprint(params: Params, prepared: str | Path, task_sha256: str) -> str:
@@ -395,16 +363,6 @@ class GanPaths:
     reports: Path = Path("reports/gan")
 
 
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """``history.csv``: one row per epoch, ``epoch`` first, then every key ever logged (sorted)."""
-    columns = ["epoch"] + sorted({k for row in history for k in row} - {"epoch"})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue())
-
-
 class GanTrainer:
     """Epoch loop around :class:`CycleGan` with diagnostics, reports, tracking and checkpoints."""
 
@@ -507,7 +465,7 @@ class GanTrainer:
 
     def write_reports(self) -> None:
         self.paths.reports.mkdir(parents=True, exist_ok=True)
-        write_history(self.paths.reports / "history.csv", self.history)
+        write_table(self.paths.reports / "history.csv", self.history)
         if self.history:
             final = self.history[-1]
             write_json(self.paths.reports / "metrics.json",

@@ -27,7 +27,6 @@ run would have.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import hashlib
 import itertools
@@ -40,23 +39,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-from pipeline.checkpoint import Checkpointer, seed_everything
+from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, Params
 from pipeline.data.augment import Augment, build_augment
 from pipeline.data.manifest import ImageSet
 from pipeline.distributed import Runtime, barrier, unwrap, wrap
-from pipeline.io import write_json
+from pipeline.io import write_json, write_table
 from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
 from pipeline.task.export import save_task_model
 from pipeline.task.grl import dann_lambda, dann_lr
 from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
+from pipeline.reproducibility import content_digest, derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +79,6 @@ def params_hash(params: Params, variant: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def content_digest(roots: Iterable[str | Path], pattern: str = "*") -> str:
-    """sha256 over every file matching ``pattern`` under ``roots``: its name relative to its root and its bytes.
-
-    Reading the files once costs less than one training epoch, which reads them all too.
-    """
-    digest = hashlib.sha256()
-    for i, root in enumerate(Path(r) for r in roots):
-        for path in sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
-            digest.update(f"{i}:{path.relative_to(root).as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | Path]) -> str:
     """Identity of a training run for its checkpoint: params, training code and data contents.
 
@@ -107,11 +93,6 @@ def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREP
     """True when the variant learns from labelled real images (its train folder lies under ``target``)."""
     train = Path(params.variant(variant).train).resolve()
     return train.is_relative_to((Path(prepared) / "target").resolve())
-
-
-def derive_seed(*parts: int) -> int:
-    """An independent 63-bit seed for each tuple ``(seed, epoch, stream, ...)``."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 # Streams of derive_seed(seed, epoch, STREAM, ...): one generator per purpose.
@@ -460,7 +441,7 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
 
     result = _result(params, variant, run, model, prepared)
     if rt.is_main:
-        write_history(Path(reports_dir) / "history.csv", run.history)
+        write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
     return result
 
@@ -484,19 +465,6 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
     }
     return TrainResult(selected, meta, run.history, metrics)
-
-
-def write_history(path: str | Path, history: list[dict[str, float]]) -> None:
-    """One row per epoch, ``epoch`` first (the x axis of ``dvc plots``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["epoch"] + [k for k in history[0] if k != "epoch"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
 
 
 def export_task_model(result: TrainResult, folder: str | Path, tracker) -> Path:
