@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.data.manifest import to_uint8
-from pipeline.gan.losses import lipschitz_pairs, similarity_loss
+from pipeline.gan.losses import interpolate_gradient_norms, lipschitz_pairs, similarity_loss
 from pipeline.io import image_grid
 from pipeline.metrics.domain_gap import frechet_distance, proxy_a_distance
 from pipeline.task.models import extract_features
@@ -52,18 +52,11 @@ def critic_scores(critic: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_norms(critic: nn.Module, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample ``||grad D(xhat)||`` at ``xhat = u a + (1 - u) b``, u ~ U[0, 1] (as the penalty draws
-    them); the larger set is trimmed to the size of the smaller one."""
+    """Per-sample ``||grad D(xhat)||`` at the points the Lipschitz penalty looks at, in batches;
+    the larger set is trimmed to the size of the smaller one."""
     n = min(len(a), len(b))
-    a, b, norms = a[:n], b[:n], []
-    for i in range(0, len(a), EVAL_BATCH):
-        ai, bi = a[i:i + EVAL_BATCH], b[i:i + EVAL_BATCH]
-        u = torch.rand(len(ai), generator=generator).to(ai).view(-1, *([1] * (ai.dim() - 1)))
-        xhat = (u * ai + (1 - u) * bi).requires_grad_(True)
-        score = critic(xhat).flatten(1).mean(dim=1).sum()
-        (grad,) = torch.autograd.grad(score, xhat)
-        norms.append(grad.flatten(1).norm(dim=1))
-    return torch.cat(norms)
+    return torch.cat([interpolate_gradient_norms(critic, a[i:i + EVAL_BATCH], b[i:i + EVAL_BATCH], generator)
+                      for i in range(0, n, EVAL_BATCH)])
 
 
 def _seeded(seed: int) -> torch.Generator:

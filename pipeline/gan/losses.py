@@ -131,6 +131,21 @@ def lipschitz_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
 
     Returns ``(penalty, grad_norms)``; ``grad_norms`` is the detached per-sample norm, for logging.
     """
+    norms = interpolate_gradient_norms(critic, real, fake, generator, create_graph=True)
+    penalty = F.relu(norms - 1).pow(2).mean()
+    return penalty, norms.detach()
+
+
+def interpolate_gradient_norms(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                               generator: Optional[torch.Generator] = None,
+                               create_graph: bool = False) -> torch.Tensor:
+    """Per-sample ``||grad_xhat D(xhat)||_2`` at ``xhat = a * real + (1 - a) * fake``, ``a ~ U[0, 1]``.
+
+    The critic value of a sample is the mean of its patch map (see :func:`lipschitz_penalty`); both
+    inputs are detached and trimmed to the smaller batch. ``create_graph=True`` keeps the graph so
+    a penalty on the norms can be back-propagated into the critic (the training step); the
+    diagnostics only read the norms.
+    """
     n = min(real.shape[0], fake.shape[0])
     real, fake = real[:n].detach(), fake[:n].detach()
     _check_same_shape("lipschitz_penalty", real, fake)
@@ -139,7 +154,5 @@ def lipschitz_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     a = a.view(n, *([1] * (real.dim() - 1)))
     xhat = (a * real + (1 - a) * fake).requires_grad_(True)
     scores = critic(xhat).reshape(n, -1).mean(dim=1)
-    (grads,) = torch.autograd.grad(scores.sum(), xhat, create_graph=True)
-    norms = grads.reshape(n, -1).norm(2, dim=1)
-    penalty = F.relu(norms - 1).pow(2).mean()
-    return penalty, norms.detach()
+    (grads,) = torch.autograd.grad(scores.sum(), xhat, create_graph=create_graph)
+    return grads.reshape(n, -1).norm(2, dim=1)
