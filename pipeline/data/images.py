@@ -58,9 +58,3 @@ def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
         raise BadImageError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-
-
-def save_image(array: np.ndarray, path: str | Path) -> None:
-    """Write a ``(H, W, 1|3)`` uint8 array as PNG."""
-    arr = array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
-    Image.fromarray(arr).save(path, format="PNG")

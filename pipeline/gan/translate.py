@@ -26,11 +26,11 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.images import BadImageError, is_image_file, load_image, save_image
+from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
 from pipeline.distributed import resolve_device
 from pipeline.gan.export import load_generator
-from pipeline.io import atomic_directory, write_json
+from pipeline.io import atomic_directory, save_png, write_json
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ def write_translations(generator: torch.nn.Module, loader: DataLoader, inputs: T
             images = to_uint8(generator(x.to(device, non_blocking=True)))
             for image, i in zip(images, index.tolist()):
                 name, label, source = inputs.describe(i)
-                (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                save_image(image, folder / name)
+                save_png(image, folder / name)
                 rows.writerow([name, label, source])
 
 
