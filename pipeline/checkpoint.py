@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +42,66 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+# What torch's weights-only unpickler says when a pickle asks for something beyond tensors and plain
+# containers (a class, a function to call); the first group, when present, names the global.
+_UNSAFE_PICKLE = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)|unrecognized function|"
+                            r"Can only create new object|Can only build")
+
+
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """One short line saying why torch could not read a file (torch's own texts run over many lines).
+
+    For torch's weights-only refusals the unpickler's own paragraph is kept ("Unsupported operand
+    149"), not the advice around it; otherwise the first sentence of the first line.
+    """
+    text = str(exc).strip()
+    if isinstance(exc, EOFError):
+        return "the file ends early"
+    if text.startswith("Weights only load failed"):
+        inner = [part.strip() for part in text.split("\n\n")[1:]
+                 if part.strip() and not part.strip().startswith("Check the documentation")]
+        text = inner[0] if inner else text
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else "no details"
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
+def unsafe_pickle_refusal(path: Path, exc: BaseException) -> str | None:
+    """The one-line refusal when ``exc`` is torch refusing a pickled object that is not data, else None."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    found = _UNSAFE_PICKLE.search(str(exc))
+    if found is None:
+        return None
+    what = f" ({found.group(1)})" if found.group(1) else ""
+    return (f"{path}: refused to load: the file holds pickled Python objects other than tensors and plain "
+            f"containers{what}, which could run code when loaded; expected a sim2real checkpoint or model "
+            f"written by this pipeline")
+
+
+def unreadable_refusal(path: Path, exc: BaseException) -> str:
+    """The one-line message for a file torch cannot read: truncated, corrupt, or not a torch file."""
+    return (f"{path}: not a readable sim2real checkpoint: the file is truncated, corrupt or not written by "
+            f"torch.save ({exc.__class__.__name__}: {_reason(exc)}); expected a checkpoint or model written by "
+            f"this pipeline")
+
+
 def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a file written by :func:`save_atomic`: tensors and plain containers, nothing that runs code.
+
+    Every file a user passes (checkpoints, task models, generators) is read through here. A pickle
+    that would import or call anything else is refused with one line saying so; a truncated or
+    corrupt file gets another. Both raise :class:`CheckpointError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on foreign pickle protocols; the refusal says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(f"{path}: not a readable sim2real checkpoint ({exc.__class__.__name__}: {exc})") from None
+        message = unsafe_pickle_refusal(path, exc) or unreadable_refusal(path, exc)
+        raise CheckpointError(message) from None
 
 
 class Checkpointer:

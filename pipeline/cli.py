@@ -16,9 +16,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data.images import BadImageError
     from pipeline.data.manifest import HeldOutLabelsError, ManifestError
     from pipeline.data.prepare import PrepareError
+    from pipeline.guards import NonFiniteLossError
 
     return (ConfigError, BadImageError, ManifestError, PrepareError, HeldOutLabelsError, CheckpointError,
-            FileNotFoundError)
+            NonFiniteLossError, FileNotFoundError)
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

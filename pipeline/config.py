@@ -64,6 +64,7 @@ class DataParams:
     source: DomainSource
     target: DomainSource
     skip_bad_images: bool = False
+    max_image_pixels: int = 40_000_000  # width x height above which an image is refused undecoded
     render: RenderParams = field(default_factory=RenderParams)
 
 
@@ -201,6 +202,7 @@ def _validate(p: Params) -> None:
         ("data.target.format", d.target.format in _FORMATS_TARGET, f"one of {_FORMATS_TARGET}"),
         ("data.source.val_fraction", 0.0 < d.source.val_fraction < 1.0, "a fraction in (0, 1)"),
         ("data.target.test_fraction", 0.0 < d.target.test_fraction < 1.0, "a fraction in (0, 1)"),
+        ("data.max_image_pixels", d.max_image_pixels > 0, "a positive integer (pixels, width x height)"),
         ("data.render.train_count", d.render.train_count > 0, "a positive integer"),
         ("data.render.val_count", d.render.val_count > 0, "a positive integer"),
         ("data.render.canvas", d.render.canvas >= 16, "an integer >= 16"),
@@ -265,6 +267,20 @@ def _validate(p: Params) -> None:
     for name, v in p.variants.items():
         if not name.replace("_", "").isalnum():
             raise ConfigError(f"variants.{name}: expected a name of letters, digits and underscores")
+        if d.target.format == "folder" and trains_on_target(v):
+            raise ConfigError(
+                f"variants.{name}.train: {v.train!r} holds the real training images, which have no labels here "
+                f"(data.target.format is 'folder'), so this supervised variant cannot train; remove "
+                f"variants.{name} from params.yaml, or give labelled real training images "
+                f"(data.target.format: imagefolder or manifest)")
+
+
+PREPARED_TARGET = Path("data/prepared/target")
+
+
+def trains_on_target(variant: VariantParams, prepared_target: str | Path = PREPARED_TARGET) -> bool:
+    """True when the variant learns from the (labelled) real training images under ``data/prepared/target``."""
+    return Path(variant.train).resolve().is_relative_to(Path(prepared_target).resolve())
 
 
 def _lookup(raw: Any, dotted: str) -> Any:

@@ -60,13 +60,39 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
 
 
 def wrap(model: nn.Module, rt: Runtime) -> nn.Module:
-    """DDP-wrap a trainable network when distributed (each network on its own), else return it."""
+    """DDP-wrap a trainable network when distributed (each network on its own), else return it.
+
+    Without ``find_unused_parameters`` (which would cost a graph traversal every iteration): every
+    network here is used either whole or not at all by a step's loss. A loss weight of 0 that
+    leaves a network out of the loss (the GAN's F with adversarial, cycle and identity weights 0)
+    is fine: no gradient hook of that network fires, so its DDP reducer has nothing to wait for,
+    its parameters keep ``grad=None`` on every rank and the optimiser skips them, and they stay
+    identical everywhere (``tests/test_two_ranks.py`` runs that case). Only a network whose loss
+    reaches *some* of its parameters would make DDP fail ("Expected to have finished reduction").
+    """
     if not rt.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_buffers(rt: Runtime, *modules: nn.Module | None) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) of ``modules``.
+
+    DDP broadcasts buffers at the start of each forward, so after an epoch's last forward each
+    rank holds statistics updated by its own shard. Called once per epoch, before evaluation,
+    model selection and the checkpoint, so that all ranks evaluate, select and end with the same
+    weights. ``None`` entries are skipped.
+    """
+    if not rt.distributed:
+        return
+    with torch.no_grad():
+        for module in modules:
+            if module is not None:
+                for buffer in unwrap(module).buffers():
+                    dist.broadcast(buffer, src=0)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -42,14 +42,33 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def remove_leftovers(final: str | Path) -> list[Path]:
+    """Delete the ``.<name>.tmp-*`` and ``.<name>.old`` siblings of ``final`` that a killed
+    :func:`atomic_directory` left behind; returns what was removed."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    stale = [p for p in final.parent.iterdir()
+             if p.name.startswith(f".{final.name}.tmp-") or p.name == f".{final.name}.old"]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final``, on error it is removed.
 
     An interrupted or failed run therefore leaves ``final`` as it was (or absent), never half-written.
+    A run killed outright (``kill -9``) cannot clean up after itself: the temporary and ``.old``
+    siblings it left are removed by the next call for the same ``final`` (stages never run in parallel).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:

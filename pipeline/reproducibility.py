@@ -75,3 +75,28 @@ def content_digest(roots: Iterable[str | Path], pattern: str = "*") -> str:
             digest.update(f"{i}:{path.relative_to(root).as_posix()}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+#: The packages of this project; a training checkpoint is valid only for the code they hold.
+CODE_PACKAGES = ("pipeline", "stages")
+
+
+def code_roots() -> list[Path]:
+    """The folders of :data:`CODE_PACKAGES`, wherever they are imported from (a checkout or a copy)."""
+    import importlib.util
+
+    return [Path(importlib.util.find_spec(name).origin).parent for name in CODE_PACKAGES]
+
+
+def code_files() -> list[Path]:
+    """Every Python source file a stage can import from this project (what :func:`code_digest` hashes)."""
+    return sorted(p for root in code_roots() for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def code_digest() -> str:
+    """Hash of every Python file of the project's packages.
+
+    Training checkpoints are keyed by it, so a change anywhere in the code a stage imports (the
+    package is hashed whole, which covers lazy imports too) never resumes a state made by other code.
+    """
+    return content_digest(code_roots(), "*.py")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -28,6 +29,21 @@ from pipeline.config import Params, flatten
 
 PIPELINE_KEY_TAG = "sim2real.pipeline_key"
 MAX_PARAM_LENGTH = 6000
+MAX_KEY_LENGTH = 250                          # MLflow's limit for metric, param and tag keys
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")  # MLflow accepts letters, digits, _ . - space / (and : off Windows)
+
+
+def mlflow_key(name: Any) -> str:
+    """A metric, param or tag key that MLflow accepts, derived from any ``name``.
+
+    Keys come from user data too (class names, ``<unlabelled>`` counts), so every key the
+    :class:`Tracker` writes passes through here: characters MLflow refuses become ``_``, and path-like
+    parts it refuses (empty, ``.``, ``..``, a leading ``/``) are dropped or renamed, so
+    ``per_class.<unlabelled>`` -> ``per_class._unlabelled_`` and ``a//../b`` -> ``a/__/b``.
+    """
+    text = _BAD_KEY_CHARS.sub("_", str(name))
+    parts = ["__" if part == ".." else part for part in text.split("/") if part not in ("", ".")]
+    return ("/".join(parts) or "_")[:MAX_KEY_LENGTH]
 
 
 def repo_root() -> Path:
@@ -100,7 +116,7 @@ class Tracker:
     def log_params(self, params: dict[str, Any], run_id: str | None = None) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [Param(mlflow_key(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id or self.run_id, params=items[i:i + 100])
 
@@ -108,14 +124,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+        items = [Metric(mlflow_key(k), float(v), now, step or 0) for k, v in metrics.items()
                  if v is not None and np.isfinite(float(v))]
         if items:
             self.client.log_batch(run_id or self.run_id, metrics=items)
 
     def set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
         for k, v in tags.items():
-            self.client.set_tag(run_id or self.run_id, k, str(v))
+            self.client.set_tag(run_id or self.run_id, mlflow_key(k), str(v))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
         self.client.log_artifact(run_id or self.run_id, str(path), artifact_path)

@@ -72,3 +72,19 @@ def test_fingerprint_follows_the_named_sections(default_raw):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_variant_needing_labels_of_an_unlabelled_target_is_refused_by_name(default_raw, tmp_path):
+    # The README's plug-in path: a flat unlabelled real folder cannot feed the supervised target_oracle.
+    raw = deep_update(default_raw, {"data": {
+        "source": {"format": "imagefolder", "root": str(tmp_path)},
+        "target": {"format": "folder", "root": str(tmp_path), "test_root": str(tmp_path)}}})
+    with pytest.raises(ConfigError, match=r"variants\.target_oracle\.train: .*no labels.*remove variants\.target_oracle"):
+        parse_params(raw)
+    del raw["variants"]["target_oracle"]
+    assert "target_oracle" not in parse_params(raw).variants
+    # With labelled real training images the same variant is fine.
+    raw = deep_update(default_raw, {"data": {
+        "source": {"format": "imagefolder", "root": str(tmp_path)},
+        "target": {"format": "imagefolder", "root": str(tmp_path)}}})
+    assert parse_params(raw).variants["target_oracle"].train == "data/prepared/target/train"

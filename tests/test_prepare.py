@@ -39,6 +39,8 @@ def _imagefolder(root, per_class=6, modes=("L", "RGB", "RGBA", "I;16"), classes=
 def _user_params(default_raw, source, target, **data):
     raw = deep_update(default_raw, {"data": {"image_size": 16, "channels": 3, "classes": CLASSES,
                                              "source": source, "target": target, **data}})
+    if target["format"] == "folder":  # unlabelled real images: no target_oracle (as the README says)
+        del raw["variants"]["target_oracle"]
     return parse_params(raw)
 
 

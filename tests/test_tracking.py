@@ -79,7 +79,8 @@ def test_fresh_store_created_by_two_processes_at_once(store, default_raw):
     from conftest import REPO
 
     (store / "params.yaml").write_text(yaml.safe_dump(default_raw))
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    os = __import__("os")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, f"stage{i}", str(store / "params.yaml")],
                               cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
@@ -102,3 +103,36 @@ def test_logged_model_loads_back_with_the_same_outputs(store, default_raw):
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("name, key", [
+    ("target.train.per_class.<unlabelled>", "target.train.per_class._unlabelled_"),
+    ("class_acc.stop sign?", "class_acc.stop sign_"),
+    ("a//b/./c", "a/b/c"),
+    ("../x", "__/x"),
+    ("/lead", "lead"),
+    ("", "_"),
+])
+def test_mlflow_key_turns_any_name_into_a_key_mlflow_accepts(name, key):
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name, _validate_tag_name
+
+    from pipeline.tracking import mlflow_key
+
+    assert mlflow_key(name) == key
+    for validate in (_validate_metric_name, _validate_param_name, _validate_tag_name):
+        validate(mlflow_key(name))
+    assert len(mlflow_key("x" * 400)) == 250
+
+
+def test_user_class_names_and_unlabelled_counts_log_to_a_real_store(store, default_raw):
+    from mlflow.tracking import MlflowClient
+
+    params = parse_params(default_raw)
+    with stage_run("prepare", params) as t:
+        t.log_metrics({"target.train.per_class.<unlabelled>": 12, "class_acc.stop sign?": 0.5}, step=1)
+        t.log_params({"odd key <x>": 1})
+        t.set_tags({"tag with <bad> chars": "v"})
+    run = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_run(t.run_id)
+    assert run.data.metrics["target.train.per_class._unlabelled_"] == 12
+    assert run.data.metrics["class_acc.stop sign_"] == 0.5
+    assert run.data.params["odd key _x_"] == "1" and run.data.tags["tag with _bad_ chars"] == "v"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+# The default of ``data.max_image_pixels`` (pipeline/config.py): 40 megapixels, far above any training
+# image and far below what would exhaust memory when decoded.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class BadImageError(ValueError):
@@ -43,18 +50,57 @@ def convert_image(img: Image.Image, channels: int, size: int) -> np.ndarray:
     return arr[:, :, None] if channels == 1 else arr
 
 
-def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
-    """Read ``path`` as ``(size, size, channels)`` uint8, or raise :class:`BadImageError` naming it."""
+def too_many_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> Optional[str]:
+    """The refusal message when an image of ``size`` (width, height) exceeds ``max_pixels``, else None."""
+    width, height = size
+    if width * height <= max_pixels:
+        return None
+    return (f"{path}: image is {width}x{height} = {width * height} pixels, more than data.max_image_pixels = "
+            f"{max_pixels}; refusing to decode it (decompression bomb guard)")
+
+
+@contextlib.contextmanager
+def pil_pixel_limit(max_pixels: Optional[int]) -> Iterator[None]:
+    """Inside: PIL's own bomb limit is ``max_pixels`` (None: off) and its bomb warning is an error.
+
+    PIL's module-wide ``Image.MAX_IMAGE_PIXELS`` and the warning filters are restored on exit, so no
+    global state outlives the call (inside, they hold for the whole process: the pipeline decodes in
+    one thread per process, DataLoader workers being processes).
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_image(path: str | Path, channels: int, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read ``path`` as ``(size, size, channels)`` uint8, or raise :class:`BadImageError` naming it.
+
+    An image of more than ``max_pixels`` pixels (width x height, read from the header) is refused
+    before any pixel data is decoded; so is a frame or tile that PIL finds larger while decoding.
+    """
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise BadImageError(f"{path}: empty (zero-byte) file, expected an image")
-        with Image.open(path) as img:
+        with pil_pixel_limit(None):  # header only: our check below decides, naming the size
+            img = Image.open(path)
+        with img, pil_pixel_limit(max_pixels):
+            refusal = too_many_pixels(path, img.size, max_pixels)
+            if refusal is not None:
+                raise BadImageError(refusal)
             img.load()
             return convert_image(img, channels, size)
     except BadImageError:
         raise
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"{path}: part of the image is larger than data.max_image_pixels = {max_pixels} "
+                            f"({exc}); refusing to decode it (decompression bomb guard)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None

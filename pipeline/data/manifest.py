@@ -2,7 +2,9 @@
 
 Paths are relative to the manifest; ``label`` is a class name from ``data.classes`` (empty for an
 unlabelled image). A folder that holds a ``HELDOUT`` marker is a held-out test split: its labels are
-read only through :func:`heldout_test_set`, which only the evaluate stage calls.
+read only through :func:`heldout_test_set`, which only the evaluate stage calls. The guard sits in
+:func:`read_manifest` itself, and a manifest read without labels drops them (every entry has
+``label=None``), so no other code path holds the test labels in memory.
 """
 
 from __future__ import annotations
@@ -37,9 +39,22 @@ class Entry:
 
 
 def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: bool = False,
-                  root: str | Path | None = None) -> list[Entry]:
-    """Parse a ``path,label`` CSV; paths are relative to its folder and may not escape ``root``."""
+                  root: str | Path | None = None, labels: bool = True,
+                  _allow_heldout: bool = False) -> list[Entry]:
+    """Parse a ``path,label`` CSV; paths are relative to its folder and may not escape ``root``.
+
+    ``labels=False`` does not read the label column: every entry has ``label=None``.
+    ``require_labels`` makes an unlabelled row an error (it implies ``labels``). Asking for the labels
+    of a held-out split (its folder holds ``HELDOUT``) raises :class:`HeldOutLabelsError`; only
+    :func:`heldout_test_set` may read them.
+    """
     csv_path = Path(csv_path)
+    if require_labels and not labels:
+        raise ValueError("read_manifest: require_labels=True needs labels=True")
+    if labels and not _allow_heldout and (is_heldout(csv_path.parent) or is_heldout(csv_path.resolve().parent)):
+        raise HeldOutLabelsError(
+            f"{csv_path}: manifest of a held-out test split (its folder holds {HELDOUT_MARKER}); its labels are "
+            f"read by the evaluate stage only; open it without labels")
     base = csv_path.parent.resolve()
     root = Path(root).resolve() if root is not None else base
     index = {name: i for i, name in enumerate(classes)}
@@ -57,7 +72,7 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: 
             full = (base / rel).resolve()
             if not full.is_relative_to(root):
                 raise ManifestError(f"{csv_path}:{line}: path {rel!r} escapes the manifest's root {root}")
-            name = (row.get("label") or "").strip()
+            name = (row.get("label") or "").strip() if labels else ""
             if not name:
                 if require_labels:
                     raise ManifestError(f"{csv_path}:{line}: missing label for {rel!r}")
@@ -69,6 +84,11 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: 
     if not entries:
         raise ManifestError(f"{csv_path}: manifest lists no images")
     return entries
+
+
+def is_heldout(folder: str | Path) -> bool:
+    """True when ``folder`` is a held-out test split (it holds the ``HELDOUT`` marker)."""
+    return (Path(folder) / HELDOUT_MARKER).exists()
 
 
 def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
@@ -95,8 +115,9 @@ def to_uint8(batch: torch.Tensor) -> np.ndarray:
 class ImageSet(Dataset):
     """A prepared split read lazily from disk: ``(image tensor, label)``, label -1 when unused.
 
-    ``labels=False`` yields -1 for every image (the unlabelled use of a target split). Asking for the
-    labels of a held-out split raises :class:`HeldOutLabelsError`; see :func:`heldout_test_set`.
+    ``labels=False`` drops the labels when reading the manifest: every entry has ``label=None`` and
+    every item -1 (the unlabelled use of a target split). Asking for the labels of a held-out split
+    raises :class:`HeldOutLabelsError`; see :func:`heldout_test_set`.
     ``transform`` maps a ``(H, W, C)`` uint8 array to another (albumentations augmentations).
     """
 
@@ -104,10 +125,8 @@ class ImageSet(Dataset):
                  labels: bool = True, transform: Callable[[np.ndarray], np.ndarray] | None = None,
                  _allow_heldout: bool = False):
         self.folder = Path(folder)
-        if labels and (self.folder / HELDOUT_MARKER).exists() and not _allow_heldout:
-            raise HeldOutLabelsError(
-                f"{self.folder}: held-out test split; its labels are read by the evaluate stage only")
-        self.entries = read_manifest(self.folder / MANIFEST_NAME, classes, require_labels=labels)
+        self.entries = read_manifest(self.folder / MANIFEST_NAME, classes, require_labels=labels, labels=labels,
+                                     _allow_heldout=_allow_heldout)
         self.classes = list(classes)
         self.channels, self.size, self.labels, self.transform = channels, size, labels, transform
 
@@ -119,7 +138,7 @@ class ImageSet(Dataset):
         image = load_image(entry.path, self.channels, self.size)
         if self.transform is not None:
             image = self.transform(image)
-        label = entry.label if (self.labels and entry.label is not None) else -1
+        label = entry.label if entry.label is not None else -1
         return to_tensor(image), label
 
     def targets(self) -> list[int]:

@@ -130,7 +130,11 @@ class SplitWriter:
 
 
 class Decoder:
-    """Decodes user images to the configured shape; bad files raise, or are skipped and counted."""
+    """Decodes user images to the configured shape; bad files raise, or are skipped and counted.
+
+    A bad file is anything :func:`load_image` refuses: corrupt, empty, not an image, or larger than
+    ``data.max_image_pixels`` (refused from its header, before decoding).
+    """
 
     def __init__(self, data: DataParams):
         self.data, self.skipped = data, 0
@@ -138,7 +142,7 @@ class Decoder:
     def __call__(self, entries: Iterable[Entry]) -> Iterator[tuple[np.ndarray, Optional[int]]]:
         for e in entries:
             try:
-                yield load_image(e.path, self.data.channels, self.data.image_size), e.label
+                yield load_image(e.path, self.data.channels, self.data.image_size, self.data.max_image_pixels), e.label
             except BadImageError as exc:
                 if not self.data.skip_bad_images:
                     raise BadImageError(f"{exc} (set data.skip_bad_images: true to skip such files)") from None

@@ -41,9 +41,10 @@ from pipeline.gan.losses import (adversarial_loss, cycle_loss, discriminator_los
                                  lipschitz_pairs, lipschitz_penalty, similarity_loss, task_loss)
 from pipeline.gan.networks import PatchDiscriminator, ResnetGenerator
 from pipeline.gan.pool import ImagePool
+from pipeline.guards import check_finite
 from pipeline.io import atomic_directory, save_png, write_json, write_table
 from pipeline.provenance import provenance, write_provenance
-from pipeline.reproducibility import content_digest, derive_seed, file_sha256, seed_everything, seeded_generator
+from pipeline.reproducibility import code_digest, content_digest, derive_seed, file_sha256, seed_everything, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ GENERATOR_TERMS = {
     "task": "task",
 }
 FINGERPRINT_SECTIONS = ("seed", "data", "gan")
-CODE_DIRS = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "data")  # pipeline/{gan,data}
 TASK_MODEL_HINT = "run `dvc repro train_task@source_only` (or `python -m stages.train_task --variant source_only`) first"
 
 
@@ -70,7 +70,7 @@ def run_fingerprint(params: Params, prepared: str | Path, task_sha256: str) -> s
     sections, the frozen task model, the training code and the prepared data it reads. When any of
     them changes DVC reruns the stage, and the persisted checkpoint must then not be resumed."""
     data = content_digest([Path(prepared) / "source", Path(prepared) / "target" / "train"])
-    code = content_digest(CODE_DIRS, "*.py")
+    code = code_digest()
     return f"{params.fingerprint(*FINGERPRINT_SECTIONS)}-{task_sha256[:16]}-{code}-{data}"
 
 
@@ -186,7 +186,12 @@ class CycleGan:
 
     def _prepare_for_training(self, compile_: bool) -> Networks:
         """DDP-wrap each network when distributed; compile the generators (and the critics when the
-        Lipschitz penalty, whose double backward torch.compile does not support, is off)."""
+        Lipschitz penalty, whose double backward torch.compile does not support, is off).
+
+        A network that zero loss weights leave out of the generator loss (F when the adversarial,
+        cycle and identity weights are 0) is wrapped too: DDP then reduces nothing for it and it
+        stays as initialised on every rank, without ``find_unused_parameters`` (see
+        :func:`pipeline.distributed.wrap`)."""
         def prepare(name: str, net: nn.Module) -> nn.Module:
             net = wrap(net, self.runtime)
             if compile_ and (name in ("G", "F") or not self.weights.lipschitz):
@@ -433,6 +438,7 @@ class GanTrainer:
             y, _ = self.target.load(target_idx[i])
             terms = self.model.train_step(x, labels, y)
             self.step += 1
+            check_finite(terms, "train_gan", self.step, epoch + 1, self.checkpointer.path, self.runtime.distributed)
             for k, v in terms.items():
                 sums[k] += v.float()
             if i % 10 == 0 or i == self.gan.steps_per_epoch - 1:
@@ -579,7 +585,8 @@ def train_gan(params: Params, prepared: str | Path = "data/prepared",
               max_epochs: Optional[int] = None) -> dict[str, Any]:
     """Train (or resume) the GAN, then on rank 0 export ``generator.pt`` and the reports.
 
-    Returns ``{"metrics": last record, "generator": path or None, "finished": bool, ...}``.
+    Returns ``{"metrics": last record, "generator": path or None, "finished": bool,
+    "networks": the four trained (plain) networks, ...}``.
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     task_model_path = ensure_task_model(task_model_path, params, runtime, Path(paths.checkpoints) / "source_only_task",
@@ -592,7 +599,7 @@ def train_gan(params: Params, prepared: str | Path = "data/prepared",
     finished = trainer.epoch >= trainer.total_epochs
     result = {"metrics": metrics, "generator": None, "finished": finished, "fingerprint": fingerprint,
               "task_model": str(task_model_path), "task_model_sha256": task_sha,
-              "resumed_from_epoch": trainer.resumed_from}
+              "resumed_from_epoch": trainer.resumed_from, "networks": trainer.model.nets}
     if runtime.is_main and finished:
         trainer.write_reports()
         result["samples"] = trainer.save_samples()

@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.checkpoint import CheckpointError
 from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
 from pipeline.distributed import resolve_device
@@ -163,8 +164,8 @@ def _cli(argv: Sequence[str]) -> None:
     try:
         summary = translate_folder(args.generator, args.input, args.output, args.batch_size, args.device,
                                    args.workers, provenance=record)
-    except (BadImageError, ManifestError):
-        raise  # reported by cli.run
+    except (BadImageError, ManifestError, CheckpointError):
+        raise  # reported by cli.run: one line, exit 2 (a generator file that is unsafe or unreadable)
     except ValueError as exc:  # a device that is not there, two inputs with one output name
         ap.exit(2, f"error: {exc}\n")
     log.info("translated %d images into %s (%.0f images/s)", summary["images"], args.output,

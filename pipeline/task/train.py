@@ -46,16 +46,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from pipeline.checkpoint import Checkpointer
-from pipeline.config import ConfigError, Params
+from pipeline.config import ConfigError, Params, trains_on_target
 from pipeline.data.augment import Augment, build_augment
 from pipeline.data.manifest import ImageSet
-from pipeline.distributed import Runtime, barrier, unwrap, wrap
+from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
+from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
 from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
 from pipeline.task.export import save_task_model
 from pipeline.task.grl import dann_lambda, dann_lr
 from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
-from pipeline.reproducibility import content_digest, derive_seed, seed_everything
+from pipeline.reproducibility import code_digest, content_digest, derive_seed, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ PREPARED = Path("data/prepared")
 SOURCE_VAL = "source/val"
 TARGET_TRAIN = "target/train"
 FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task", "dann")
-CODE_DIRS = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "data")  # pipeline/{task,data}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,14 +85,13 @@ def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | P
     These are the stage's DVC dependencies; when any of them changes DVC reruns the stage, and the
     persisted checkpoint (made from the old inputs) must then not be resumed.
     """
-    parts = [params_hash(params, variant), content_digest(CODE_DIRS, "*.py"), content_digest(data_folders)]
+    parts = [params_hash(params, variant), code_digest(), content_digest(data_folders)]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
 def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> bool:
     """True when the variant learns from labelled real images (its train folder lies under ``target``)."""
-    train = Path(params.variant(variant).train).resolve()
-    return train.is_relative_to((Path(prepared) / "target").resolve())
+    return trains_on_target(params.variant(variant), Path(prepared) / "target")
 
 
 # Streams of derive_seed(seed, epoch, STREAM, ...): one generator per purpose.
@@ -308,8 +307,13 @@ def start_epoch(data: TrainData, branch: Optional[DomainBranch], params: Params,
 
 def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                 branch: Optional[DomainBranch], params: Params, method: str, run: RunState, total_steps: int,
-                rt: Runtime, desc: str) -> dict[str, float]:
-    """One pass over the labelled loader; advances ``run.step`` and returns the epoch's means and last lr."""
+                rt: Runtime, desc: str, stage: str = "train_task", checkpoint: Optional[Path] = None
+                ) -> dict[str, float]:
+    """One pass over the labelled loader; advances ``run.step`` and returns the epoch's means and last lr.
+
+    A NaN or infinite loss stops training at once (:func:`~pipeline.guards.check_finite`), naming
+    ``stage``, the term and the step; ``checkpoint`` (the last good one) is left as it is.
+    """
     net.train()
     if branch is not None:
         branch.discriminator.train()
@@ -320,8 +324,10 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLo
         lr = learning_rate(params, method, p)
         set_lr(optimizer, lr)
         loss, correct, domain = train_step(net, optimizer, x, y, branch, p, rt.device)
-        totals.add(loss, correct, len(x), domain)
         run.step += 1
+        terms = {"task": loss} if branch is None else {"task": loss, "domain": domain["domain_loss"]}
+        check_finite(terms, stage, run.step, run.epoch + 1, checkpoint, rt.distributed)
+        totals.add(loss, correct, len(x), domain)
         bar.set_postfix(loss=f"{loss:.3f}")
     run.train_seconds += time.perf_counter() - started
     run.images_seen += int(totals.images) * rt.world_size
@@ -339,6 +345,7 @@ class TrainResult:
     meta: dict[str, Any]             # what export writes next to the weights
     history: list[dict[str, float]]  # one row per epoch
     metrics: dict[str, Any]          # reports/train/<variant>/metrics.json
+    discriminator: Optional[nn.Module] = None  # DANN: the last epoch's domain discriminator, unwrapped
 
 
 @dataclass
@@ -426,8 +433,10 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
         epoch = run.epoch + 1
         loader = start_epoch(data, branch, params, rt, epoch)
         train_row = train_epoch(net, optimizer, loader, branch, params, v.method, run, total_steps, rt,
-                                desc=f"epoch {epoch}/{task.epochs}")
+                                desc=f"epoch {epoch}/{task.epochs}", stage=f"train_task@{variant}",
+                                checkpoint=checkpointer.path)
         run.epoch = epoch
+        sync_buffers(rt, model, discriminator)  # BatchNorm statistics: rank 0's on every rank
         row = {"epoch": epoch, **train_row, "source_val_acc": accuracy(model, val_loader, rt.device)}
         run.history.append(row)
         _select(run, model, row["source_val_acc"], task.select)
@@ -440,6 +449,7 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
             on_epoch_end(epoch, row)
 
     result = _result(params, variant, run, model, prepared)
+    result.discriminator = discriminator
     if rt.is_main:
         write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)

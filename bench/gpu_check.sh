@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU device check, as one script (run from the repository root on a machine with CUDA):
+#   1. the GAN bench on CUDA: fp32 vs --amp bf16, with and without --channels-last and --compile, 32 and 64 px;
+#   2. one default `dvc repro` with gan.device: cuda, in a throw-away git copy, timed per stage;
+#   3. the test suite with CUDA visible (device: auto picks it).
+# Missing packages may travel as wheels in .whl/ (see the device tool's README); results go to $OUT.
+set -u
+OUT=${OUT:-/tmp/sim2real-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1
+REPO=$PWD
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$REPO PATH=/tmp/site/bin:$PATH
+  bindir=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
+  for tool in dvc mlflow; do [ -e "$bindir/$tool" ] || ln -s "/tmp/site/bin/$tool" "$bindir/$tool"; done
+fi
+nvidia-smi -L
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+section() { echo; echo "===== $1 ($(date +%T))"; }
+
+section "bench"
+{
+  for size in 32 64; do
+    for opts in "" "--amp bf16" "--channels-last" "--amp bf16 --channels-last"; do
+      echo "--- size $size $opts"
+      timeout 60 python3 bench/bench_gan.py --device cuda --size "$size" --width 32 --blocks 6 --layers 3 \
+        --channels 3 --batch 16 --iters 30 --warmup 5 --only "all terms" --only "no LP, no task" $opts
+    done
+  done
+  for opts in "--compile"; do
+    echo "--- size 64 $opts"
+    timeout 120 python3 bench/bench_gan.py --device cuda --size 64 --width 32 --blocks 6 --layers 3 --channels 3 \
+      --batch 16 --iters 40 --warmup 5 --only "all terms" --only "no LP, no task" $opts
+  done
+} 2>&1 | tee "$OUT/bench.log"
+
+section "default dvc repro with gan.device: cuda"
+work=/tmp/sim2real-repro
+rm -rf "$work" && mkdir -p "$work"
+cp -r pipeline stages dvc.yaml params.yaml pyproject.toml .dvc .dvcignore .gitignore "$work"/
+(
+  cd "$work" && sed -i 's/^  device: auto            # auto | cpu | cuda/  device: cuda/' params.yaml
+  grep -n "device:" params.yaml
+  git init -q && git -c user.name=t -c user.email=t@t add -A && git -c user.name=t -c user.email=t@t commit -qm init
+  export SIM2REAL_TRACKING=on
+  timeout 300 dvc repro 2>&1 | while IFS= read -r line; do printf '%s %s\n' "$(date +%T)" "$line"; done
+  cp reports/summary.md reports/gan/metrics.json "$OUT"/ 2>/dev/null
+) 2>&1 | tee "$OUT/repro.log" | grep -E "Running stage|error|Error|\| " | tail -40
+
+section "tests with CUDA visible (fast ones and the tiny dvc repro)"
+{ timeout 130 python3 -m pytest -q -p no:cacheprovider -m "not slow" --durations=8
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_dvc_pipeline.py; } 2>&1 | tee "$OUT/pytest.log" | tail -40
+section "done"
