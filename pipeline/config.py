@@ -64,6 +64,7 @@ class DataParams:
     source: DomainSource
     target: DomainSource
     skip_bad_images: bool = False
+    preload_mb: int = 2048       # training decodes a split into memory once when it fits; else it streams
     max_image_pixels: int = 40_000_000  # width x height above which an image is refused undecoded
     render: RenderParams = field(default_factory=RenderParams)
 
@@ -135,7 +136,8 @@ class OptimizerParams:
 class TaskParams:
     model: str = "small_cnn"
     width: int = 32
-    epochs: int = 8
+    steps: int = 1500         # optimiser steps: the budget does not depend on the size of the training set
+    eval_every: int = 250     # steps between a source-val evaluation, a history row and a checkpoint
     batch_size: int = 64
     optimizer: OptimizerParams = field(default_factory=OptimizerParams)
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -145,29 +147,22 @@ class TaskParams:
 
 @dataclass(frozen=True)
 class VariantParams:
-    method: Literal["supervised", "dann"]
-    train: str
-
-
-@dataclass(frozen=True)
-class DannParams:
-    gamma: float = 10.0
-    alpha: float = 10.0
-    beta: float = 0.75
-    trade_off: float = 1.0
-    hidden: int = 256
+    method: str                  # a registered method (pipeline/methods): supervised, dann, self_training, ...
+    train: str                   # the labelled training folder
+    augment: str = "default"     # the name of an `augment` pipeline for the labelled images
+    params: dict = field(default_factory=dict)   # the method's own, validated by its Params dataclass
+    steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int
     data: DataParams
-    augment: tuple[AugmentStep, ...] = ()
+    augment: dict[str, tuple[AugmentStep, ...]] = field(default_factory=dict)   # named pipelines
     gan: GanParams = field(default_factory=GanParams)
     translate: TranslateParams = field(default_factory=TranslateParams)
     task: TaskParams = field(default_factory=TaskParams)
     variants: dict[str, VariantParams] = field(default_factory=dict)
-    dann: DannParams = field(default_factory=DannParams)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def variant(self, name: str) -> VariantParams:
@@ -196,6 +191,7 @@ def _validate(p: Params) -> None:
         ("seed", p.seed >= 0, "a non-negative integer"),
         ("data.image_size", 8 <= d.image_size <= 4096, "an integer between 8 and 4096"),
         ("data.channels", d.channels in (1, 3), "1 (grey) or 3 (RGB)"),
+        ("data.preload_mb", d.preload_mb >= 0, "a non-negative number of MiB (0: always stream from disk)"),
         ("data.classes", len(d.classes) >= 2, "a list of at least two class names"),
         ("data.classes", len(set(d.classes)) == len(d.classes), "class names without duplicates"),
         ("data.source.format", d.source.format in _FORMATS_SOURCE, f"one of {_FORMATS_SOURCE}"),
@@ -228,12 +224,11 @@ def _validate(p: Params) -> None:
         ("gan.diagnostics_samples", p.gan.diagnostics_samples > 0, "a positive integer"),
         ("translate.batch_size", p.translate.batch_size > 0, "a positive integer"),
         ("task.width", p.task.width > 0, "a positive integer"),
-        ("task.epochs", p.task.epochs > 0, "a positive integer"),
+        ("task.steps", p.task.steps > 0, "a positive integer"),
+        ("task.eval_every", p.task.eval_every > 0, "a positive integer"),
         ("task.batch_size", p.task.batch_size > 0, "a positive integer"),
         ("task.optimizer.lr", p.task.optimizer.lr > 0, "a positive number"),
         ("task.optimizer.weight_decay", p.task.optimizer.weight_decay >= 0, "a non-negative number"),
-        ("dann.hidden", p.dann.hidden > 0, "a positive integer"),
-        ("dann.trade_off", p.dann.trade_off >= 0, "a non-negative number"),
     ]
     for name, value in dataclasses.asdict(p.gan.weights).items():
         checks.append((f"gan.weights.{name}", value >= 0, "a non-negative number (0 turns the term off)"))
@@ -267,6 +262,9 @@ def _validate(p: Params) -> None:
     for name, v in p.variants.items():
         if not name.replace("_", "").isalnum():
             raise ConfigError(f"variants.{name}: expected a name of letters, digits and underscores")
+        _validate_method(p, name, v)
+        if v.steps is not None and v.steps <= 0:
+            raise ConfigError(f"variants.{name}.steps: expected a positive integer, got {v.steps!r}")
         if d.target.format == "folder" and trains_on_target(v):
             raise ConfigError(
                 f"variants.{name}.train: {v.train!r} holds the real training images, which have no labels here "
@@ -276,6 +274,22 @@ def _validate(p: Params) -> None:
 
 
 PREPARED_TARGET = Path("data/prepared/target")
+
+
+def _validate_method(p: Params, name: str, v: VariantParams) -> None:
+    """The method exists, its params fit its dataclass and every augment pipeline it names exists."""
+    from pipeline import methods
+
+    params = methods.parse_params(v.method, v.params, f"variants.{name}.params")
+    pipelines = sorted(p.augment)
+    if v.augment not in p.augment:
+        raise ConfigError(f"variants.{name}.augment: {v.augment!r} is not a pipeline of 'augment'; "
+                          f"expected one of {pipelines}")
+    views = methods.get(v.method).target_views_of(params)
+    for view, pipeline in views.items():
+        if pipeline is not None and pipeline not in p.augment:
+            raise ConfigError(f"variants.{name}.params: the {view!r} view uses augment pipeline {pipeline!r}, "
+                              f"which 'augment' does not define (expected one of {pipelines})")
 
 
 def trains_on_target(variant: VariantParams, prepared_target: str | Path = PREPARED_TARGET) -> bool:
@@ -374,6 +388,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 
 
+def build_dataclass(cls: type, raw: dict, prefix: str) -> Any:
+    """``raw`` as a ``cls`` dataclass; unknown keys, bad types and values refused by the class's own
+    ``__post_init__`` (a :class:`ConfigError` naming the field) raise a ConfigError naming the dotted key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
+    return _build(cls, raw, prefix)
+
+
 def _build(cls: type, raw: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
@@ -388,7 +410,10 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
             kwargs[name] = _convert(raw[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: missing; expected {_type_name(hints[name])}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a dataclass's own check names its field; add where it is
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

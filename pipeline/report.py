@@ -7,12 +7,21 @@ a variant closes is
 
 0 for source-only, 1 for the oracle trained on labelled real images; it needs both reference rows
 (otherwise it is ``None`` and the markdown says why).
+
+Choosing without real labels: a user with no labelled real images cannot look at the test
+accuracy. Every ``reports/train/<variant>/metrics.json`` holds, under ``"label_free"``, scores of the
+trained model computed without any real label (:mod:`pipeline.metrics.label_free`): accuracy on the
+labelled synthetic validation split, and mean entropy, information maximisation (IM), soft
+neighbourhood density (SND) and the largest predicted-class share on the unlabelled real training
+images. :func:`pick_variant` chooses a variant from those alone; the test accuracy of that pick is
+shown next to the best test accuracy for information only and never feeds back into the choice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -24,7 +33,16 @@ log = logging.getLogger(__name__)
 
 BASELINE, ORACLE = "source_only", "target_oracle"
 EVAL_DIR = Path("reports/eval")
+TRAIN_DIR = Path("reports/train")
 OUT_DIR = Path("reports")
+PICK_KEY = "pick"                 # the one top-level entry of summary.json that is not a variant
+PICK_TAG = "sim2real.pick"        # MLflow tag on the report run and the parent run
+LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
+SUMMARY_LABEL_FREE = ("target_entropy", "target_im", "target_snd", "target_class_share_max")
+COLLAPSE_SHARE = 0.5
+COLLAPSE_MIN_CLASSES = 3
+PICK_RULE = (f"max target_im among variants without target labels, except collapsed ones "
+             f"(target_class_share_max > {COLLAPSE_SHARE}, >= {COLLAPSE_MIN_CLASSES} classes); tie: max source_val_acc")
 
 
 @dataclass
@@ -34,17 +52,36 @@ class Row:
     macro_f1: float
     uses_target_labels: bool
     gap_closed: Optional[float] = None
+    # label-free scores from reports/train/<variant>/metrics.json; None when the run has none
+    source_val_acc: Optional[float] = None
+    target_entropy: Optional[float] = None
+    target_im: Optional[float] = None
+    target_snd: Optional[float] = None
+    target_class_share_max: Optional[float] = None
+
+    @property
+    def has_label_free(self) -> bool:
+        return self.target_im is not None and self.target_class_share_max is not None
 
 
 @dataclass
 class Summary:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    pick: Optional[str] = None        # the variant pick_variant chose, None when it could not
+    pick_reason: str = ""
 
     def as_metrics(self) -> dict[str, dict[str, Any]]:
-        """``{variant: {accuracy, macro_f1, gap_closed}}``: the shape ``dvc metrics show`` reads."""
-        return {r.variant: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "gap_closed": r.gap_closed}
+        """``{variant: {accuracy, macro_f1, gap_closed, target_entropy, target_im, target_snd,
+        target_class_share_max}}``: the shape ``dvc metrics show`` reads (label-free ones ``None``
+        for a run without them)."""
+        return {r.variant: {"accuracy": r.accuracy, "macro_f1": r.macro_f1, "gap_closed": r.gap_closed,
+                            **{k: getattr(r, k) for k in SUMMARY_LABEL_FREE}}
                 for r in self.rows}
+
+    def as_json(self) -> dict[str, Any]:
+        """``summary.json``: :meth:`as_metrics` plus ``"pick": {"variant", "rule"}``."""
+        return {**self.as_metrics(), PICK_KEY: {"variant": self.pick, "rule": PICK_RULE}}
 
 
 def collect(eval_dir: str | Path = EVAL_DIR) -> dict[str, dict[str, Any]]:
@@ -55,12 +92,79 @@ def collect(eval_dir: str | Path = EVAL_DIR) -> dict[str, dict[str, Any]]:
     return found
 
 
-def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = ()) -> Summary:
-    """Rows in ``order`` (then any other variant alphabetically) with their share of the gap closed."""
+def _score(value: Any) -> Optional[float]:
+    """A finite number as float, anything else (missing, null, NaN, text) as ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def collect_label_free(variants: Sequence[str],
+                       train_dir: str | Path = TRAIN_DIR) -> dict[str, dict[str, Optional[float]]]:
+    """``{variant: label-free scores}`` from ``<train_dir>/<variant>/metrics.json``'s ``"label_free"``
+    block; a variant whose file or block is missing (a run made before these scores existed) is left out."""
+    found = {}
+    for variant in variants:
+        path = Path(train_dir) / variant / "metrics.json"
+        if not path.is_file():
+            continue
+        block = json.loads(path.read_text()).get("label_free")
+        if isinstance(block, dict):
+            found[variant] = {k: _score(block.get(k)) for k in LABEL_FREE_KEYS}
+    return found
+
+
+def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None) -> tuple[Optional[str], str]:
+    """The variant to choose without real labels, and why: ``(name, reason)``, ``(None, reason)`` when none qualifies.
+
+    Only scores that need no real label are used, so a user without labelled real images can apply
+    the same rule:
+
+    1. candidates: variants that do not use target labels (the oracle is an upper bound, not a
+       choice) and have label-free scores (an older run without them is never picked);
+    2. exclude *collapsed* variants: ``target_class_share_max > COLLAPSE_SHARE`` (0.5), i.e. more than
+       half of the real images given one class. With ``K >= COLLAPSE_MIN_CLASSES`` (3) classes a
+       healthy model gives a class about ``1/K <= 1/3`` of the images even when the real set is
+       somewhat imbalanced, so over half in one class means the model has fallen back on a majority
+       answer; yet IM can stay positive for such a model (the remaining images spread over the
+       other classes). With 2 classes half is the balanced share itself, so the check is skipped;
+       when ``n_classes`` is unknown (``None``) it is applied;
+    3. take the highest ``target_im`` (information maximisation on the real training images:
+       confident and diverse predictions); ties go to the higher ``source_val_acc`` (accuracy on
+       the labelled synthetic validation split), then to the earlier row.
+    """
+    candidates = [r for r in rows if not r.uses_target_labels and r.has_label_free]
+    if not candidates:
+        scored = [r.variant for r in rows if r.has_label_free]
+        why = ("only variants that use target labels have label-free scores" if scored else
+               "no variant has label-free scores (reports/train/<variant>/metrics.json without \"label_free\")")
+        return None, why
+    check_collapse = n_classes is None or n_classes >= COLLAPSE_MIN_CLASSES
+    collapsed = [r for r in candidates if check_collapse and r.target_class_share_max > COLLAPSE_SHARE]
+    healthy = [r for r in candidates if r not in collapsed]
+    excluded = (f"; excluded as collapsed (more than {COLLAPSE_SHARE:.0%} of real images in one class): "
+                + ", ".join(r.variant for r in collapsed)) if collapsed else ""
+    if not healthy:
+        return None, f"every candidate collapsed{excluded}"
+    best = max(healthy, key=lambda r: (r.target_im, -math.inf if r.source_val_acc is None else r.source_val_acc))
+    ties = [r for r in healthy if r.target_im == best.target_im and r is not best]
+    tie = f", tie on IM broken by source val accuracy {_fmt(best.source_val_acc)}" if ties else ""
+    return best.variant, (f"highest IM on the real training images ({best.target_im:.4f}) among "
+                          f"{len(healthy)} candidate(s) without target labels{tie}{excluded}")
+
+
+def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
+              label_free: Optional[dict[str, dict[str, Optional[float]]]] = None,
+              n_classes: Optional[int] = None) -> Summary:
+    """Rows in ``order`` (then any other variant alphabetically) with their share of the gap closed,
+    their label-free scores (``label_free``: see :func:`collect_label_free`) and the label-free pick."""
     names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
-    rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], bool(metrics[v].get("uses_target_labels")))
+    label_free = label_free or {}
+    rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], bool(metrics[v].get("uses_target_labels")),
+                **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS})
             for v in names]
     summary = Summary(rows)
+    summary.pick, summary.pick_reason = pick_variant(rows, n_classes)
     missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
     if missing:
         summary.notes.append(f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated.")
@@ -91,9 +195,49 @@ def to_markdown(summary: Summary) -> str:
     ]
     lines += [f"| {r.variant} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.gap_closed, '{:.1%}')} | "
               f"{'yes' if r.uses_target_labels else 'no'} |" for r in summary.rows]
+    lines += ["", *label_free_markdown(summary)]
     if summary.notes:
         lines += [""] + [f"Note: {n}" for n in summary.notes]
     return "\n".join(lines) + "\n"
+
+
+def pick_versus_best(summary: Summary) -> Optional[str]:
+    """For information only: the pick's real test accuracy against the best variant without target labels."""
+    if summary.pick is None:
+        return None
+    by_name = {r.variant: r for r in summary.rows}
+    fair = [r for r in summary.rows if not r.uses_target_labels]
+    best = max(fair, key=lambda r: -math.inf if r.accuracy is None else r.accuracy)
+    text = f"the pick scores {_fmt(by_name[summary.pick].accuracy)} on the real test set; "
+    if best.variant == summary.pick:
+        return text + "it is also the best variant without target labels there."
+    return text + f"the best variant without target labels there is {best.variant} with {_fmt(best.accuracy)}."
+
+
+def label_free_markdown(summary: Summary) -> list[str]:
+    """The label-free table, the pick and (information only) how the pick fares on the test set."""
+    lines = [
+        "## Choosing without real labels",
+        "",
+        "Scores that need no real label: accuracy on the labelled synthetic validation split, and on the "
+        "unlabelled real training images the mean prediction entropy (lower: more confident), information "
+        "maximisation IM = H(mean p) - mean H(p) (higher: confident and diverse), soft neighbourhood "
+        "density SND (higher: denser clusters) and the largest share of images predicted as one class "
+        "(near 1: collapse).",
+        "",
+        "| variant | source val acc | target entropy | target IM | target SND | max class share |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r.variant} | {_fmt(r.source_val_acc)} | {_fmt(r.target_entropy)} | {_fmt(r.target_im)} | "
+              f"{_fmt(r.target_snd)} | {_fmt(r.target_class_share_max, '{:.1%}')} |" for r in summary.rows]
+    lines += ["", f"Rule: {PICK_RULE}.", ""]
+    if summary.pick is None:
+        lines.append(f"Pick without real labels: none ({summary.pick_reason}).")
+        return lines
+    im = next(r.target_im for r in summary.rows if r.variant == summary.pick)
+    lines.append(f"Pick without real labels: {summary.pick} (IM {im:.4f}): {summary.pick_reason}.")
+    lines += ["", f"For information only, never used to choose: {pick_versus_best(summary)}"]
+    return lines
 
 
 def plot_summary(summary: Summary, path: str | Path) -> Path:
@@ -127,28 +271,36 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
 
 
 def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR, tracker=None,
-                 order: Sequence[str] = ()) -> Summary:
-    """Write ``summary.json``, ``summary.md`` and ``summary.png`` and log them to the parent run."""
-    summary = summarize(collect(eval_dir), order)
+                 order: Sequence[str] = (), train_dir: str | Path = TRAIN_DIR,
+                 n_classes: Optional[int] = None) -> Summary:
+    """Write ``summary.json``, ``summary.md`` and ``summary.png`` and log them to the parent run.
+
+    Label-free scores come from ``<train_dir>/<variant>/metrics.json``; ``n_classes`` (the number of
+    classes of the data) decides whether :func:`pick_variant` checks for collapse.
+    """
+    metrics = collect(eval_dir)
+    summary = summarize(metrics, order, collect_label_free(list(metrics), train_dir), n_classes)
     out = Path(out_dir)
-    write_json(out / "summary.json", summary.as_metrics())
+    write_json(out / "summary.json", summary.as_json())
     write_text(out / "summary.md", to_markdown(summary))
     plot_summary(summary, out / "summary.png")
     if tracker is not None:
         log_to_runs(tracker, summary, out)
     for note in summary.notes:
         log.warning(note)
+    log.info("pick without real labels: %s (%s)", summary.pick or "none", summary.pick_reason)
     return summary
 
 
 def log_to_runs(tracker, summary: Summary, out: Path) -> None:
-    """``<variant>.<metric>`` metrics and the summary files, on the report run and on the parent run
-    (so ``mlflow.search_runs`` lists every variant side by side)."""
+    """``<variant>.<metric>`` metrics, the ``sim2real.pick`` tag and the summary files, on the report
+    run and on the parent run (so ``mlflow.search_runs`` lists every variant side by side)."""
     flat = {f"{variant}.{key}": value for variant, values in summary.as_metrics().items()
             for key, value in values.items()}
     for run_id in dict.fromkeys([tracker.run_id, tracker.parent_run_id]):
         if run_id is None:
             continue
         tracker.log_metrics(flat, run_id=run_id)
+        tracker.set_tags({PICK_TAG: summary.pick or "none"}, run_id=run_id)
         for name in ("summary.json", "summary.md", "summary.png"):
             tracker.log_artifact(out / name, artifact_path="report", run_id=run_id)

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 
 METRICS = ("accuracy", "macro_f1", "gap_closed")
 SUMMARY = Path("reports/summary.json")
+NOT_VARIANTS = {"pick"}       # summary.json's label-free pick (pipeline.report.PICK_KEY), not a variant
 
 
 def run_seed(seed: int, out: Path) -> Path:
@@ -52,7 +53,7 @@ def aggregate(summaries: Mapping[int, Mapping[str, Mapping[str, float | None]]])
     Missing or ``None`` values (a variant absent for a seed, gap closed without an oracle) are left
     out of that metric's statistics; ``n`` says how many seeds contributed.
     """
-    variants = list(dict.fromkeys(v for summary in summaries.values() for v in summary))
+    variants = list(dict.fromkeys(v for summary in summaries.values() for v in summary if v not in NOT_VARIANTS))
     table: dict[str, dict[str, dict]] = {}
     for variant in variants:
         table[variant] = {}

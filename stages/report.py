@@ -1,7 +1,9 @@
 """DVC stage ``report``: compare every evaluated variant in ``reports/summary.{json,md,png}``.
 
-The ``<variant>.accuracy`` / ``.macro_f1`` / ``.gap_closed`` metrics also go to the MLflow parent
-run of this pipeline execution, so ``mlflow.search_runs`` shows all variants side by side.
+It also reads the label-free scores in ``reports/train/<variant>/metrics.json`` and marks the variant
+to pick without real labels (:func:`pipeline.report.pick_variant`). The ``<variant>.<metric>``
+metrics also go to the MLflow parent run of this pipeline execution, so ``mlflow.search_runs``
+shows all variants side by side; the pick is the tag ``sim2real.pick`` there and on the report run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Sequence
 from pipeline import cli
 from pipeline.config import load_params
 from pipeline.provenance import provenance
-from pipeline.report import EVAL_DIR, OUT_DIR, write_report
+from pipeline.report import EVAL_DIR, OUT_DIR, TRAIN_DIR, write_report
 from pipeline.tracking import stage_run
 
 
@@ -21,13 +23,15 @@ def main(argv: Sequence[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--eval", default=str(EVAL_DIR))
+    ap.add_argument("--train", default=str(TRAIN_DIR), help="folder of <variant>/metrics.json with label-free scores")
     ap.add_argument("--out", default=str(OUT_DIR))
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
     with stage_run("report", params) as tracker:
-        write_report(args.eval, args.out, tracker, order=list(params.variants))
-        tracker.log_dict(provenance(params, "report", ("variants",)), "provenance.json")
+        write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
+                     n_classes=len(params.data.classes))
+        tracker.log_dict(provenance(params, "report", ("variants", "data")), "provenance.json")
     print((Path(args.out) / "summary.md").read_text(), end="")
 
 

@@ -11,8 +11,9 @@ def test_default_params_parse_into_typed_objects():
     assert p.data.classes == tuple(str(i) for i in range(10))
     assert p.gan.weights.cycle == 10.0 and p.gan.weights.identity == 5.0
     assert p.gan.betas == (0.5, 0.999)
-    assert set(p.variants) == {"source_only", "translated", "dann", "target_oracle"}
-    assert p.variant("dann").method == "dann"
+    assert {"source_only", "translated", "dann", "randomized", "randomized_st", "target_oracle"} <= set(p.variants)
+    assert p.variant("dann").method == "dann" and p.variant("randomized").augment == "strong"
+    assert p.task.steps > 0 and set(p.augment) >= {"default", "strong"}
 
 
 @pytest.mark.parametrize("overrides, key, expected", [
@@ -24,10 +25,18 @@ def test_default_params_parse_into_typed_objects():
     ({"gan": {"weights": {"cycle": -1}}}, "gan.weights.cycle", "non-negative"),
     ({"gan": {"mode": "wgan"}}, "gan.mode", "'lsgan'"),
     ({"gan": {"betas": [0.5]}}, "gan.betas", "2 values"),
-    ({"task": {"epochs": 1.5}}, "task.epochs", "an integer"),
+    ({"task": {"steps": 1.5}}, "task.steps", "an integer"),
+    ({"task": {"epochs": 3}}, "task.epochs", "unknown key"),
     ({"data": {"skip_bad_images": "yes"}}, "data.skip_bad_images", "true or false"),
     ({"data": {"render": {"thickness": [3, 1]}}}, "data.render.thickness", "min <= max"),
     ({"variants": {"dann": {"method": "magic", "train": "x"}}}, "variants.dann.method", "'supervised'"),
+    ({"variants": {"dann": {"params": {"gamma": "fast"}}}}, "variants.dann.params.gamma", "a number"),
+    ({"variants": {"dann": {"params": {"trade_off": -1}}}}, "variants.dann.params.trade_off", "non-negative"),
+    ({"variants": {"dann": {"params": {"gama": 1}}}}, "variants.dann.params.gama", "unknown key"),
+    ({"variants": {"source_only": {"params": {"x": 1}}}}, "variants.source_only.params.x", "unknown key"),
+    ({"variants": {"randomized": {"augment": "wild"}}}, "variants.randomized.augment", "'default'"),
+    ({"variants": {"randomized_st": {"params": {"strong": "wild"}}}}, "variants.randomized_st.params", "'wild'"),
+    ({"variants": {"randomized_st": {"params": {"threshold": 2}}}}, "variants.randomized_st.params.threshold", "(0, 1]"),
     ({"seed": None}, "seed", "an integer"),
 ])
 def test_bad_values_name_the_key(default_raw, overrides, key, expected):

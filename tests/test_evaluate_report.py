@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.io import write_json
-from pipeline.report import summarize, write_report
+from pipeline.report import COLLAPSE_SHARE, PICK_RULE, Row, pick_variant, summarize, write_report
 from pipeline.task.evaluate import evaluate_variant
 from pipeline.task.export import save_task_model
 from pipeline.task.models import build_task_model
@@ -84,7 +84,7 @@ def test_report_gap_closed_and_files(tmp_path):
 
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert [r.variant for r in summary.rows] == ["source_only", "translated", "dann", "target_oracle"]
-    assert set(saved) == {r.variant for r in summary.rows}
+    assert set(saved) == {r.variant for r in summary.rows} | {"pick"}
     assert saved["dann"]["gap_closed"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))
     assert saved["translated"]["gap_closed"] == pytest.approx(-1 / 3)
     assert saved["source_only"]["gap_closed"] == 0.0 and saved["target_oracle"]["gap_closed"] == 1.0
@@ -100,10 +100,123 @@ def test_report_without_oracle_has_no_gap_and_says_why(tmp_path):
                          "dann": {"accuracy": 0.7, "macro_f1": 0.6}})
     assert all(r.gap_closed is None for r in summary.rows)
     assert any("target_oracle" in note for note in summary.notes)
-    write_report(write_eval(tmp_path / "eval", {"dann": 0.7}), tmp_path)
+    write_report(write_eval(tmp_path / "eval", {"dann": 0.7}), tmp_path, train_dir=tmp_path / "no-train")
     assert json.loads((tmp_path / "summary.json").read_text()) == \
-        {"dann": {"accuracy": 0.7, "macro_f1": pytest.approx(0.65), "gap_closed": None}}
+        {"dann": {"accuracy": 0.7, "macro_f1": pytest.approx(0.65), "gap_closed": None, "target_entropy": None,
+                  "target_im": None, "target_snd": None, "target_class_share_max": None},
+         "pick": {"variant": None, "rule": PICK_RULE}}
     assert "Note: gap closed needs the source_only and target_oracle" in (tmp_path / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# choosing without real labels
+# ------------------------------------------------------------------------------------------------
+
+
+def label_free(im: float, share: float, val: float = 0.9) -> dict:
+    return {"source_val_acc": val, "target_entropy": 0.3, "target_im": im, "target_snd": 4.0,
+            "target_class_share_max": share}
+
+
+def write_train(folder: Path, blocks: dict[str, dict | None]) -> Path:
+    """``<folder>/<variant>/metrics.json`` as the train stage writes it; ``None``: an older run without scores."""
+    for variant, block in blocks.items():
+        metrics = {"variant": variant, "selected_epoch": 3}
+        if block is not None:
+            metrics["label_free"] = block
+        write_json(folder / variant / "metrics.json", metrics)
+    return folder
+
+
+def row(variant: str, im: float | None, share: float | None, val: float | None = 0.9, oracle: bool = False,
+        acc: float = 0.5) -> Row:
+    return Row(variant, acc, acc, oracle, source_val_acc=val, target_im=im, target_class_share_max=share)
+
+
+def test_pick_is_the_highest_im_among_variants_without_target_labels():
+    rows = [row("source_only", 0.8, 0.2), row("translated", 1.1, 0.3), row("dann", 0.9, 0.25),
+            row("target_oracle", 2.0, 0.1, oracle=True)]
+    name, reason = pick_variant(rows, n_classes=10)
+    assert name == "translated" and "1.1000" in reason and "3 candidate" in reason
+
+
+def test_pick_excludes_collapsed_variants():
+    """dann puts 70% of the real images in one class: excluded although its IM is the highest."""
+    rows = [row("source_only", 0.8, 0.2), row("dann", 1.2, 0.7), row("translated", 0.5, COLLAPSE_SHARE)]
+    name, reason = pick_variant(rows, n_classes=10)
+    assert name == "source_only" and "excluded as collapsed" in reason and "dann" in reason
+    assert pick_variant(rows) == (name, reason)                          # unknown class count: checked
+    # with 2 classes, half the images in one class is the balanced share: no collapse check
+    assert pick_variant(rows, n_classes=2)[0] == "dann"
+    everything_collapsed = [row("source_only", 0.8, 0.9), row("dann", 1.2, 0.7)]
+    name, reason = pick_variant(everything_collapsed, n_classes=3)
+    assert name is None and "every candidate collapsed" in reason
+
+
+def test_pick_ties_go_to_the_higher_source_val_accuracy():
+    rows = [row("source_only", 1.0, 0.2, val=0.8), row("dann", 1.0, 0.2, val=0.95), row("translated", 1.0, 0.2,
+                                                                                          val=None)]
+    name, reason = pick_variant(rows, n_classes=10)
+    assert name == "dann" and "tie" in reason
+
+
+def test_no_pick_without_scores_and_older_runs_are_never_picked():
+    name, reason = pick_variant([row("source_only", None, None, val=None), row("dann", None, None, val=None)])
+    assert name is None and "no variant has label-free scores" in reason
+    name, reason = pick_variant([row("source_only", None, None), row("target_oracle", 2.0, 0.1, oracle=True)])
+    assert name is None and "only variants that use target labels" in reason
+    assert pick_variant([row("source_only", None, None), row("dann", 0.1, 0.3)], 10)[0] == "dann"
+
+
+def test_report_marks_the_pick_and_shows_n_a_for_older_runs(tmp_path):
+    eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "translated": 0.75, "dann": 0.7,
+                                              "target_oracle": 0.9})
+    train_dir = write_train(tmp_path / "train", {
+        "source_only": label_free(0.8, 0.3, val=0.97),
+        "translated": None,                                      # made before the scores existed
+        "dann": label_free(1.1, 0.35, val=0.93),
+        "target_oracle": label_free(2.0, 0.12, val=0.5),         # uses target labels: never the pick
+    })
+    summary = write_report(eval_dir, tmp_path, order=["source_only", "translated", "dann", "target_oracle"],
+                           train_dir=train_dir, n_classes=10)
+    assert summary.pick == "dann"
+
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["pick"] == {"variant": "dann", "rule": PICK_RULE}
+    assert set(saved) == {"source_only", "translated", "dann", "target_oracle", "pick"}
+    assert set(saved["dann"]) == {"accuracy", "macro_f1", "gap_closed", "target_entropy", "target_im",
+                                  "target_snd", "target_class_share_max"}
+    assert saved["dann"]["target_im"] == 1.1 and saved["dann"]["target_class_share_max"] == 0.35
+    assert saved["translated"]["target_im"] is None and saved["translated"]["accuracy"] == 0.75
+
+    md = (tmp_path / "summary.md").read_text()
+    assert "| dann | 0.7000 | 0.6500 | 33.3% | no |" in md
+    assert "| dann | 0.9300 | 0.3000 | 1.1000 | 4.0000 | 35.0% |" in md
+    assert "| translated | n/a | n/a | n/a | n/a | n/a |" in md
+    assert "Pick without real labels: dann (IM 1.1000)" in md
+    assert ("the pick scores 0.7000 on the real test set; the best variant without target labels there is "
+            "translated with 0.7500.") in md
+
+
+def test_report_collapse_exclusion_changes_the_pick(tmp_path):
+    eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "dann": 0.7})
+    train_dir = write_train(tmp_path / "train", {"source_only": label_free(0.8, 0.3),
+                                                 "dann": label_free(1.5, 0.8)})
+    summary = write_report(eval_dir, tmp_path, train_dir=train_dir, n_classes=10)
+    md = (tmp_path / "summary.md").read_text()
+    assert summary.pick == "source_only" and "Pick without real labels: source_only (IM 0.8000)" in md
+    assert "excluded as collapsed" in md and "it is also the best" not in md
+    assert json.loads((tmp_path / "summary.json").read_text())["pick"]["variant"] == "source_only"
+
+
+def test_report_without_any_scores_says_so(tmp_path):
+    eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "dann": 0.7})
+    train_dir = write_train(tmp_path / "train", {"source_only": None})      # dann: no train metrics at all
+    summary = write_report(eval_dir, tmp_path, train_dir=train_dir)
+    md = (tmp_path / "summary.md").read_text()
+    assert summary.pick is None and "Pick without real labels: none (no variant has label-free scores" in md
+    assert "| dann | n/a | n/a | n/a | n/a | n/a |" in md and "For information only" not in md
+    assert json.loads((tmp_path / "summary.json").read_text())["pick"]["variant"] is None
 
 
 def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch):
@@ -114,13 +227,16 @@ def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch
     prepared = tiny_prepared(tmp_path, n=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_task_raw(tmp_path, prepared)))
     eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "dann": 0.7, "target_oracle": 0.9})
+    train_dir = write_train(tmp_path / "train", {"source_only": label_free(0.9, 0.5), "dann": label_free(0.4, 0.5),
+                                                 "target_oracle": label_free(0.6, 0.5)})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "report-test")
     monkeypatch.setenv("SIM2REAL_TRACKING", "on")
     monkeypatch.setenv("DVC_EXP_NAME", "report-test")
     monkeypatch.chdir(tmp_path)
-    report.main(["--params", "params.yaml", "--eval", str(eval_dir), "--out", str(tmp_path / "out")])
+    report.main(["--params", "params.yaml", "--eval", str(eval_dir), "--train", str(train_dir),
+                 "--out", str(tmp_path / "out")])
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["report-test"])
@@ -128,6 +244,11 @@ def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch
     assert parent["metrics.dann.accuracy"] == pytest.approx(0.7)
     assert parent["metrics.dann.gap_closed"] == pytest.approx(1 / 3)
     assert parent["metrics.target_oracle.accuracy"] == pytest.approx(0.9)
+    assert parent["metrics.dann.target_im"] == pytest.approx(0.4)
+    # 2 classes (tinydata): a 50% class share is balanced, not collapse; source_only has the highest IM
+    assert parent["tags.sim2real.pick"] == "source_only"
+    report_run = runs[runs["tags.stage"] == "report"].iloc[0]
+    assert report_run["tags.sim2real.pick"] == "source_only"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
     assert artifacts == {"report/summary.json", "report/summary.md", "report/summary.png"}
 
@@ -150,9 +271,11 @@ def test_seeds_aggregation_mean_and_sample_std():
         0: {"source_only": {"accuracy": 0.5, "macro_f1": 0.4, "gap_closed": 0.0},
             "dann": {"accuracy": 0.6, "macro_f1": 0.5, "gap_closed": None}},
         1: {"source_only": {"accuracy": 0.7, "macro_f1": 0.6, "gap_closed": 0.0},
-            "dann": {"accuracy": 0.8, "macro_f1": 0.7, "gap_closed": 0.5}},
+            "dann": {"accuracy": 0.8, "macro_f1": 0.7, "gap_closed": 0.5},
+            "pick": {"variant": "dann", "rule": "..."}},               # the label-free pick: not a variant
     }
     table = seeds.aggregate(summaries)
+    assert set(table) == {"source_only", "dann"}
     assert table["source_only"]["accuracy"]["mean"] == pytest.approx(0.6)
     assert table["source_only"]["accuracy"]["std"] == pytest.approx(0.1414213, rel=1e-5)   # ddof = 1
     assert table["dann"]["gap_closed"] == {"mean": 0.5, "std": 0.0, "n": 1}

@@ -67,7 +67,7 @@ def project(tmp_path, tiny_raw, monkeypatch):
 
 def write_params(folder: Path, raw: dict, **gan) -> Path:
     raw = deep_update(raw, {"gan": deep_update(TINY_GAN, gan),
-                            "task": {"width": 4, "epochs": 1, "batch_size": 8}})
+                            "task": {"width": 4, "steps": 3, "eval_every": 3, "batch_size": 8}})
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

@@ -25,8 +25,9 @@ TINY = {
             "batch_size": 4, "epochs": 2, "decay_epochs": 1, "steps_per_epoch": 40, "pool_size": 4,
             "diagnostics_samples": 24},
     "translate": {"batch_size": 1},          # slow enough to be caught writing
-    "task": {"width": 4, "epochs": 1, "batch_size": 32},
-    "dann": {"hidden": 8},
+    "variants": {"source_only": {"method": "supervised", "train": "data/prepared/source/train"},
+                 "translated": {"method": "supervised", "train": "data/translated/source/train"}},
+    "task": {"width": 4, "steps": 4, "eval_every": 2, "batch_size": 32},
 }
 
 
@@ -72,7 +73,7 @@ def _generator(repo: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_kill_9_in_prepare_train_gan_and_translate_then_plain_repro_finishes(tmp_path, default_raw):
-    raw = deep_update(default_raw, TINY)
+    raw = {**deep_update(default_raw, TINY), "variants": TINY["variants"]}   # only what the kills need
     reference = make_project_copy(tmp_path / "reference", raw)
     straight = subprocess.run([DVC, "repro", "translate"], cwd=reference, env=dvc_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]

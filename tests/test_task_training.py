@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import AugmentStep, ConfigError
+from pipeline.config import AugmentStep, ConfigError, parse_params
 from pipeline.data.augment import build_augment
 from pipeline.distributed import Runtime
 from pipeline.task.export import load_task_model
@@ -69,25 +69,28 @@ def test_augment_errors_name_the_step(step, key):
 
 def test_supervised_run_learns_and_exports_a_loadable_model(project):
     root, prepared = project
-    params = tiny_params(root, prepared, epochs=3)
+    params = tiny_params(root, prepared, steps=18)
     tracker = RecordingTracker()
     result = train(params, "source_only", root, tracker=tracker)
 
     assert result.history[-1]["train_acc"] > 0.75          # chance is 0.5
     assert max(row["source_val_acc"] for row in result.history) > 0.75
-    assert [step for _, step in tracker.metrics] == [1, 2, 3]
+    rounds = [(m, step) for m, step in tracker.metrics if "source_val_acc" in m]
+    assert [step for _, step in rounds] == [6, 12, 18]                   # logged per round, by step
+    assert any("label_free.target_im" in m for m, _ in tracker.metrics)  # and the label-free scores once
     with open(root / "reports" / "run" / "history.csv") as fh:
         header = next(csv.reader(fh))
-    assert header[:1] == ["epoch"] and {"train_loss", "train_acc", "source_val_acc", "lr"} <= set(header)
+    assert header[:2] == ["epoch", "step"] and {"loss/task", "train_acc", "source_val_acc", "lr"} <= set(header)
     metrics = json.loads((root / "reports" / "run" / "metrics.json").read_text())
-    assert metrics["selected_epoch"] in (1, 2, 3) and metrics["images_per_second"] > 0
+    assert metrics["selected_round"] in (1, 2, 3) and metrics["images_per_second"] > 0 and metrics["steps"] == 18
+    assert {"source_val_acc", "target_im", "target_entropy", "target_snd"} <= set(metrics["label_free"])
 
     path = export_task_model(result, root / "models", tracker)
     model, meta = load_task_model(path)
     x = torch.randn(5, 1, SIZE, SIZE)
     assert torch.equal(model(x), result.model(x))
     assert meta["classes"] == list(CLASSES) and meta["uses_target_labels"] is False
-    assert meta["selected_epoch"] == metrics["selected_epoch"] and tracker.models == ["task_source_only"]
+    assert meta["selected_epoch"] == metrics["selected_round"] and tracker.models == ["task_source_only"]
     assert tracker.tags["uses_target_labels"] is False
 
 
@@ -101,13 +104,13 @@ def test_only_target_trained_variants_use_target_labels(project):
 def test_dann_logs_rising_lambda_and_domain_accuracy(project):
     root, prepared = project
     tracker = RecordingTracker()
-    result = train(tiny_params(root, prepared, epochs=3), "dann", root, tracker=tracker)
+    result = train(tiny_params(root, prepared, steps=18), "dann", root, tracker=tracker)
 
-    logged = [m for m, _ in tracker.metrics]
+    logged = [m for m, _ in tracker.metrics if "source_val_acc" in m]
     lambdas = [m["lambda"] for m in logged]
     assert len(logged) == 3 and all(b > a for a, b in zip(lambdas, lambdas[1:])) and 0 < lambdas[0] < 1
-    assert all(0.0 <= m["domain_acc"] <= 1.0 and m["domain_loss"] > 0 for m in logged)
-    assert all({"train_loss", "train_acc", "source_val_acc", "lr"} <= set(m) for m in logged)
+    assert all(0.0 <= m["domain_acc"] <= 1.0 and m["loss/domain"] > 0 for m in logged)
+    assert all({"loss/task", "train_acc", "source_val_acc", "lr"} <= set(m) for m in logged)
     lrs = [m["lr"] for m in logged]
     assert all(b < a for a, b in zip(lrs, lrs[1:]))           # annealed lr0 / (1 + alpha p) ** beta
     assert result.meta["method"] == "dann"
@@ -131,7 +134,7 @@ def interrupt_after(epoch: int):
 
 def test_interrupted_run_resumes_to_the_same_weights(project):
     root, prepared = project
-    params = tiny_params(root, prepared, epochs=3, select="last")
+    params = tiny_params(root, prepared, steps=18, select="last")
     straight = train(params, "dann", root, tag="straight")
 
     with pytest.raises(Interrupted):
@@ -145,15 +148,15 @@ def test_interrupted_run_resumes_to_the_same_weights(project):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     a = torch.load(root / "ckpt" / "straight" / "last.pt", weights_only=True)
     b = torch.load(root / "ckpt" / "resumed" / "last.pt", weights_only=True)
-    for key, value in a["discriminator"].items():
-        assert torch.equal(value, b["discriminator"][key]), key
+    for key, value in a["modules"]["discriminator"].items():
+        assert torch.equal(value, b["modules"]["discriminator"][key]), key
 
 
 def test_checkpoint_from_other_params_is_moved_aside(project):
     root, prepared = project
-    train(tiny_params(root, prepared, epochs=1), "source_only", root)
+    train(tiny_params(root, prepared, steps=6), "source_only", root)
     seen = []
-    train(tiny_params(root, prepared, seed=1, epochs=1), "source_only", root,
+    train(tiny_params(root, prepared, seed=1, steps=6), "source_only", root,
           on_epoch_end=lambda e, row: seen.append(e))
 
     assert seen == [1]                                          # trained afresh
@@ -163,7 +166,7 @@ def test_checkpoint_from_other_params_is_moved_aside(project):
 
 def test_checkpoint_from_other_training_data_is_not_resumed(project):
     root, prepared = project
-    params = tiny_params(root, prepared, epochs=1)
+    params = tiny_params(root, prepared, steps=6)
     train(params, "source_only", root)
     write_split(prepared / "source" / "train", 48, seed=99)     # same names, other images
     seen = []
@@ -180,3 +183,96 @@ def test_stage_rejects_an_unknown_variant(project, monkeypatch):
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_task_raw(root, prepared)))
     with pytest.raises(ConfigError, match=r"variants\.nope"):
         train_task.main(["--variant", "nope", "--params", str(root / "params.yaml")])
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods are plug-ins
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_new_method_is_one_registered_class(project):
+    """A throw-away method trains through the loop without any edit to the loop or the config."""
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    from pipeline import methods
+    from pipeline.methods.base import Method, StepOutput
+
+    @dataclass(frozen=True)
+    class CenteredParams:
+        weight: float = 0.5
+
+    calls = []
+
+    @methods.register
+    class FeatureCentering(Method):
+        """CE on the labelled batch plus ``weight * ||mean f(x_t)||^2`` on a real batch."""
+        name = "feature_centering_test"
+        Params = CenteredParams
+
+        def __init__(self, params, ctx):
+            super().__init__(params, ctx)
+            self.scale = nn.Linear(1, 1)          # an extra trainable module, checkpointed by the loop
+
+        @classmethod
+        def target_views_of(cls, params):
+            return {"real": None}
+
+        def modules(self):
+            return {"scale": self.scale}
+
+        def loss(self, net, batch, progress):
+            n = len(batch.x)
+            features, logits = net(torch.cat([batch.x, batch.target["real"]]))
+            ce = F.cross_entropy(logits[:n], batch.y)
+            centre = features[n:].mean(0).pow(2).sum() * self.scale.weight.squeeze()
+            calls.append((len(batch.x), len(batch.target["real"])))
+            return StepOutput(ce + self.params.weight * centre, logits[:n], {"task": ce, "centre": centre})
+
+    try:
+        root, prepared = project
+        raw = tiny_task_raw(root, prepared, steps=6)
+        raw["variants"]["centered"] = {"method": "feature_centering_test", "train": str(prepared / "source" / "train"),
+                                       "params": {"weight": 0.25}}
+        params = parse_params(raw)
+        assert params.variant("centered").params == {"weight": 0.25}
+        result = train(params, "centered", root, tracker=RecordingTracker())
+        assert calls == [(8, 8)] * 6 and "loss/centre" in result.history[-1]
+        assert set(result.modules) == {"scale"}
+        saved = torch.load(root / "ckpt" / "run" / "last.pt", weights_only=True)
+        assert set(saved["modules"]) == {"scale"}
+        with pytest.raises(ConfigError, match=r"variants\.centered\.params\.wieght: unknown key"):
+            parse_params({**raw, "variants": {**raw["variants"], "centered": {
+                "method": "feature_centering_test", "train": "x", "params": {"wieght": 1}}}})
+    finally:
+        methods.unregister("feature_centering_test")
+    with pytest.raises(ConfigError, match="variants.centered.method: unknown method"):
+        parse_params(raw)
+
+
+def test_collapse_guard_exports_the_best_round_and_says_so():
+    from pipeline.task.train import RunState, collapse_guard
+
+    run = RunState(best_epoch=4, best_val_acc=0.2, best_state={"w": torch.zeros(1)},
+                   top_epoch=2, top_val_acc=0.9, top_state={"w": torch.ones(1)})
+    warning = collapse_guard(run)
+    assert "collapsed from 0.900 (round 2) to 0.200 (round 4); exported round 2" in warning
+    assert run.best_epoch == 2 and torch.equal(run.best_state["w"], torch.ones(1))
+    healthy = RunState(best_epoch=4, best_val_acc=0.8, top_epoch=2, top_val_acc=0.9, top_state={"w": torch.ones(1)})
+    assert collapse_guard(healthy) is None and healthy.best_epoch == 4
+
+
+def test_preload_decodes_once_within_the_budget_and_streams_beyond(project):
+    from pipeline.data.manifest import ImageSet, preload_within
+
+    root, prepared = project
+    small = ImageSet(prepared / "source" / "val", CLASSES, 1, SIZE)        # 16 images of 16x16: 4096 bytes
+    large = ImageSet(prepared / "source" / "train", CLASSES, 1, SIZE)      # 48 images: 12288 bytes
+    before = [small[i][0] for i in range(len(small))]
+    preload_within([small, None, large], max_bytes=10_000)
+    assert small._decoded is not None and large._decoded is None           # the second did not fit what was left
+    assert all(torch.equal(a, small[i][0]) for i, a in enumerate(before))  # same images from memory
+    (prepared / "source" / "val" / "images" / "0000.png").unlink()          # memory, not disk, serves them now
+    assert small[0][0].shape == (1, SIZE, SIZE)

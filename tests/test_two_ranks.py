@@ -46,8 +46,8 @@ def prepare(tmp: Path) -> None:
     task = build_task_model("small_cnn", 1, len(CLASSES), width=4)
     save_task_model(tmp / "task_model.pt", task.eval(),
                     {"classes": list(CLASSES), "channels": 1, "image_size": SIZE})
-    # batch 8 over 32 images: 2 steps per rank and epoch, 2 epochs; "last" exports the final weights
-    raw = tiny_task_raw(tmp, prepared, epochs=2, select="last")
+    # a global batch of 8 (4 per rank), 2 rounds of 2 steps; "last" exports the final weights
+    raw = tiny_task_raw(tmp, prepared, steps=4, eval_every=2, select="last")
     for job, gan in {"gan": GAN, "gan_zero": deep_update(GAN, {"weights": ZERO_WEIGHTS}), "dann": GAN}.items():
         (tmp / f"params-{job}.yaml").write_text(yaml.safe_dump({**raw, "gan": gan}, sort_keys=False))
 

@@ -56,20 +56,24 @@ def tiny_prepared(root: Path, n: int = 48) -> Path:
 
 
 def tiny_task_raw(root: Path, prepared: Path, **task) -> dict:
+    """Tiny params: 48 labelled images in batches of 8, so ``eval_every: 6`` is one pass per round."""
     return {
         "seed": 0,
         "data": {"image_size": SIZE, "channels": 1, "classes": list(CLASSES),
                  "source": {"format": "imagefolder", "root": str(root)},
                  "target": {"format": "imagefolder", "root": str(root)}},
-        "augment": [{"name": "Affine", "params": {"rotate": [-5, 5], "p": 0.5}}],
-        "task": {"model": "small_cnn", "width": 4, "epochs": 2, "batch_size": 8, "select": "source_val",
-                 "device": "cpu", "optimizer": {"name": "adam", "lr": 0.01}, **task},
+        "augment": {"default": [{"name": "Affine", "params": {"rotate": [-5, 5], "p": 0.5}}],
+                    "strong": [{"name": "Affine", "params": {"rotate": [-10, 10], "scale": [0.9, 1.1], "p": 1.0}},
+                               {"name": "GaussianBlur", "params": {"p": 0.5}}]},
+        "task": {"model": "small_cnn", "width": 4, "steps": 12, "eval_every": 6, "batch_size": 8,
+                 "select": "source_val", "device": "cpu", "optimizer": {"name": "adam", "lr": 0.01}, **task},
         "variants": {
             "source_only": {"method": "supervised", "train": str(prepared / "source" / "train")},
-            "dann": {"method": "dann", "train": str(prepared / "source" / "train")},
+            "dann": {"method": "dann", "train": str(prepared / "source" / "train"), "params": {"hidden": 8}},
+            "self_training": {"method": "self_training", "train": str(prepared / "source" / "train"),
+                              "augment": "default", "params": {"weak": "default", "strong": "strong"}},
             "target_oracle": {"method": "supervised", "train": str(prepared / "target" / "train")},
         },
-        "dann": {"hidden": 8},
     }
 
 

@@ -73,7 +73,7 @@ def run_dann(tmp: Path, job: str) -> dict[str, dict[str, torch.Tensor]]:
     finally:
         stage.train_task_model = stage_train
     result = captured[-1]
-    return {"model": state(result.model), "discriminator": state(result.discriminator)}
+    return {"model": state(result.model), "discriminator": state(result.modules["discriminator"])}
 
 
 def main(tmp: Path, jobs: tuple[str, ...] = JOBS) -> None:

@@ -44,25 +44,26 @@ class Augment:
         return f"Augment({[type(t).__name__ for t in self.compose.transforms]})"
 
 
-def _build_step(i: int, step: AugmentStep):
+def _build_step(i: int, step: AugmentStep, key: str = "augment"):
     import albumentations as A
 
     cls = getattr(A, step.name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
-        raise ConfigError(f"augment[{i}].name: {step.name!r} is not an albumentations transform "
+        raise ConfigError(f"{key}[{i}].name: {step.name!r} is not an albumentations transform "
                           "(expected a class name such as Affine, GaussianBlur, RandomBrightnessContrast)")
     try:
         return cls(**step.params, strict=True)
     except Exception as exc:  # pydantic ValidationError, TypeError, ValueError ...
-        raise ConfigError(f"augment[{i}].params: bad arguments {step.params!r} for {step.name} "
+        raise ConfigError(f"{key}[{i}].params: bad arguments {step.params!r} for {step.name} "
                           f"({exc.__class__.__name__}: {exc})") from None
 
 
-def build_augment(steps: Sequence[AugmentStep], seed: int = 0) -> Augment | None:
-    """Compose the steps in order; ``None`` when there are none (no augmentation)."""
+def build_augment(steps: Sequence[AugmentStep], seed: int = 0, key: str = "augment") -> Augment | None:
+    """Compose the steps in order; ``None`` when there are none (no augmentation). Errors name
+    ``<key>[i]`` (``augment.strong[2].params``)."""
     if not steps:
         return None
     import albumentations as A
 
-    transforms = [_build_step(i, step) for i, step in enumerate(steps)]
+    transforms = [_build_step(i, step, key) for i, step in enumerate(steps)]
     return Augment(A.Compose(transforms, seed=int(seed) % 2**32))

@@ -113,12 +113,13 @@ def to_uint8(batch: torch.Tensor) -> np.ndarray:
 
 
 class ImageSet(Dataset):
-    """A prepared split read lazily from disk: ``(image tensor, label)``, label -1 when unused.
+    """A prepared split: ``(image tensor, label)``, label -1 when unused.
 
     ``labels=False`` drops the labels when reading the manifest: every entry has ``label=None`` and
     every item -1 (the unlabelled use of a target split). Asking for the labels of a held-out split
     raises :class:`HeldOutLabelsError`; see :func:`heldout_test_set`.
     ``transform`` maps a ``(H, W, C)`` uint8 array to another (albumentations augmentations).
+    Images are decoded from disk at each access, or once for all by :meth:`preload`.
     """
 
     def __init__(self, folder: str | Path, classes: Sequence[str], channels: int, size: int,
@@ -129,22 +130,65 @@ class ImageSet(Dataset):
                                      _allow_heldout=_allow_heldout)
         self.classes = list(classes)
         self.channels, self.size, self.labels, self.transform = channels, size, labels, transform
+        self._decoded: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def nbytes(self) -> int:
+        """Memory the decoded split takes: ``len * size * size * channels`` bytes of uint8."""
+        return len(self) * self.size * self.size * self.channels
+
+    def preload(self, max_bytes: int) -> bool:
+        """Decode every image once into one uint8 array when it takes at most ``max_bytes``; returns
+        whether it did (otherwise images keep streaming from disk, so memory stays bounded)."""
+        if self._decoded is None and self.nbytes() <= max_bytes:
+            self._decoded = np.stack([load_image(e.path, self.channels, self.size) for e in self.entries])
+        return self._decoded is not None
+
+    def image(self, i: int) -> np.ndarray:
+        """The ``i``-th image as ``(H, W, C)`` uint8, not transformed."""
+        if self._decoded is not None:
+            return self._decoded[i]
+        return load_image(self.entries[i].path, self.channels, self.size)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        entry = self.entries[i]
-        image = load_image(entry.path, self.channels, self.size)
+        image = self.image(i)
         if self.transform is not None:
             image = self.transform(image)
-        label = entry.label if entry.label is not None else -1
-        return to_tensor(image), label
+        label = self.entries[i].label
+        return to_tensor(image), (label if label is not None else -1)
 
     def targets(self) -> list[int]:
         if not self.labels:
             raise HeldOutLabelsError(f"{self.folder}: opened without labels")
         return [e.label for e in self.entries]
+
+
+def preload_within(sets: Iterable[Optional[ImageSet]], max_bytes: int) -> None:
+    """Decode the sets into memory in order, as long as together they fit ``max_bytes``; a set that
+    does not fit streams from disk (``None`` entries are skipped)."""
+    for images in sets:
+        if images is not None and images.preload(max_bytes):
+            max_bytes -= images.nbytes()
+
+
+class Views(Dataset):
+    """Several augmented views of each image of ``images``: item ``i`` is ``(V, C, H, W)`` and -1.
+
+    ``transforms`` maps a view name to its transform (None: the image as it is); the views come in
+    that order. Labels are never returned: this is how methods see unlabelled real images.
+    """
+
+    def __init__(self, images: ImageSet, transforms: dict[str, Optional[Callable[[np.ndarray], np.ndarray]]]):
+        self.images, self.names, self.transforms = images, list(transforms), list(transforms.values())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.images.image(i)
+        return torch.stack([to_tensor(t(image) if t is not None else image) for t in self.transforms]), -1
 
 
 def heldout_test_set(folder: str | Path, classes: Sequence[str], channels: int, size: int) -> ImageSet:

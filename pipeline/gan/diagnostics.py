@@ -7,7 +7,9 @@ Every number answers one question about the balance between generators and discr
   logits, called real above 0.5 (lsgan, halfway between the targets 0 and 1) or above 0 (vanilla).
   Both near 1: the discriminator wins; both near 0.5: it is fooled or has given up.
 * ``d_real/grad_norm_mean|max|frac_gt1``: the critic's input-gradient norms at the points where the
-  Lipschitz penalty looks (pairs from ``lipschitz_pairs``); the penalty wants them at most 1.
+  Lipschitz penalty looks (pairs from ``lipschitz_pairs``), per sample the root-mean-square over
+  its patch logits of ``||grad D_p||`` (estimated as in ``interpolate_gradient_norms``): the very
+  quantity the penalty wants at most 1.
   Computed here even when the penalty is off, so runs with and without it compare.
 * ``task/acc_source_val`` vs ``task/acc_translated_val``: accuracy of the frozen task model on
   source/val and on its translation; a drop means G changes the digit.
@@ -52,8 +54,9 @@ def critic_scores(critic: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_norms(critic: nn.Module, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample ``||grad D(xhat)||`` at the points the Lipschitz penalty looks at, in batches;
-    the larger set is trimmed to the size of the smaller one."""
+    """Per-sample RMS per-patch ``||grad D_p(xhat)||`` (what the Lipschitz penalty constrains, see
+    :func:`interpolate_gradient_norms`) at the points the penalty looks at, in batches; the larger
+    set is trimmed to the size of the smaller one."""
     n = min(len(a), len(b))
     return torch.cat([interpolate_gradient_norms(critic, a[i:i + EVAL_BATCH], b[i:i + EVAL_BATCH], generator)
                       for i in range(0, n, EVAL_BATCH)])

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, GanParams, Params
-from pipeline.data.manifest import ImageSet
+from pipeline.data.manifest import ImageSet, preload_within
+from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, wrap
 from pipeline.gan.diagnostics import BalanceDiagnostics
 from pipeline.gan.export import GENERATOR_FILE, export_generator
@@ -317,32 +318,6 @@ class CycleGan:
 # ------------------------------------------------------------------------------------------------
 
 
-class DomainSampler:
-    """Batches of one split in an order fixed by ``(seed, name, epoch)``.
-
-    Epoch ``e`` walks through fresh seeded permutations of the split (as many as its
-    ``steps * batch_size`` draws need), so the batch of any ``(epoch, step)`` is known without state
-    and a resumed run reads exactly the images an uninterrupted one would. Under torchrun every
-    rank takes its share ``[rank::world]`` of each global batch.
-    """
-
-    def __init__(self, dataset: ImageSet, name: str, batch_size: int, steps: int, seed: int,
-                 rank: int = 0, world: int = 1):
-        self.dataset, self.name, self.batch_size, self.steps = dataset, name, batch_size, steps
-        self.seed, self.rank, self.world = seed, rank, world
-
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        """``(steps, batch_size // world)`` dataset indices for this rank in ``epoch``."""
-        need, n = self.steps * self.batch_size, len(self.dataset)
-        perms = [torch.randperm(n, generator=seeded_generator(self.seed, self.name, epoch, k))
-                 for k in range(math.ceil(need / n))]
-        return torch.cat(perms)[:need].view(self.steps, self.batch_size)[:, self.rank::self.world]
-
-    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.dataset[i] for i in indices.tolist()]
-        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
-
-
 @dataclass
 class GanData:
     source: ImageSet       # source/train, labelled (the task loss needs the labels)
@@ -351,10 +326,14 @@ class GanData:
 
     @classmethod
     def from_prepared(cls, prepared: str | Path, params: Params) -> "GanData":
+        """The three splits, each decoded into memory once while they fit ``data.preload_mb``
+        (the rest streams from disk), so training steps do not pay for PNG decoding."""
         root, d = Path(prepared), params.data
         def split(rel: str, labels: bool) -> ImageSet:
             return ImageSet(root / rel, d.classes, d.channels, d.image_size, labels=labels)
-        return cls(split("source/train", True), split("target/train", False), split("source/val", True))
+        data = cls(split("source/train", True), split("target/train", False), split("source/val", True))
+        preload_within((data.source, data.target, data.source_val), d.preload_mb * 2**20)
+        return data
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,20 +45,24 @@ class Outputs:
     predicted: np.ndarray   # (N,) class indices
     labels: np.ndarray      # (N,) class indices, -1 when unlabelled
     features: np.ndarray    # (N, D)
+    probabilities: Optional[np.ndarray] = None   # (N, K) softmax of the logits
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
             batch_size: int = BATCH_SIZE) -> Outputs:
-    """Batched forward pass in eval mode: ``features = f(x)``, ``predicted = argmax h(features)``."""
+    """Batched forward pass in eval mode: ``features = f(x)``, ``predicted = argmax h(features)``,
+    ``probabilities = softmax h(features)``."""
     model.eval()
-    preds, labels, feats = [], [], []
+    preds, labels, feats, probs = [], [], [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
         f = extract_features(model, x.to(device))
-        preds.append(classify_features(model, f).argmax(1).cpu().numpy())
+        logits = classify_features(model, f)
+        preds.append(logits.argmax(1).cpu().numpy())
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         feats.append(f.float().cpu().numpy())
         labels.append(np.asarray(y))
-    return Outputs(np.concatenate(preds), np.concatenate(labels), np.concatenate(feats))
+    return Outputs(np.concatenate(preds), np.concatenate(labels), np.concatenate(feats), np.concatenate(probs))
 
 
 def subsample(dataset: Dataset, limit: int, seed: int) -> Dataset:

@@ -1,27 +1,28 @@
-"""Train one task variant: supervised, or DANN (the same loop plus a domain branch).
+"""The one downstream training loop: a task model trained by any registered method.
 
-One loop serves both methods. Each step forwards a labelled batch ``x_s`` (DANN: ``x_s`` and an
-unlabelled real batch ``x_t`` together, as one batch) through the classifier and minimises
+A variant is ``{method, train, augment, params}``. Each optimiser step draws a labelled batch from
+``train`` (augmented by the variant's ``augment`` pipeline) and, when the method asks for them, the
+views of an unlabelled batch of real images (``data/prepared/target/train``); the method
+(:mod:`pipeline.methods`) turns them into a loss. The loop names no method: data order, learning
+rate, checkpoints, DDP, non-finite guard, model selection, label-free scores and reports are shared.
 
-    supervised:  L = CE(h(f(x_s)), y_s)
-    DANN:        L = CE(h(f(x_s)), y_s) + trade_off * L_d(D(GRL_lambda(f(x_s))), D(GRL_lambda(f(x_t))))
+Budgets are in optimiser steps (``task.steps``, or a variant's own ``steps``), not epochs, so a small training set (a few
+hundred real images for the oracle) gets as many updates as a large one. Every ``task.eval_every``
+steps (a "round") the loop evaluates accuracy on the labelled synthetic ``source/val``, writes a
+history row and a full-state checkpoint. With progress ``p = step / steps`` in [0, 1):
 
-where ``f`` is the feature extractor, ``h`` the classifier head, ``D`` the domain discriminator and
-``GRL_lambda`` the gradient reversal (see :mod:`pipeline.task.dann`). With progress
-``p = global_step / total_steps`` in [0, 1):
+    learning rate   the method's own rule if it has one (DANN's annealing), else
+                    cosine:   lr_p = lr0 * (1 + cos(pi p)) / 2      constant: lr_p = lr0
 
-    learning rate   cosine:   lr_p = lr0 * (1 + cos(pi p)) / 2
-                    constant: lr_p = lr0
-                    DANN:     lr_p = lr0 / (1 + alpha p) ** beta      (overrides task.schedule)
-    GRL weight      DANN:     lambda_p = 2 / (1 + exp(-gamma p)) - 1
+Model selection never looks at real labels: ``task.select: source_val`` keeps the round with the
+best source-val accuracy; ``last`` keeps the last one, except that a run whose source-val accuracy
+collapses (ends below :data:`COLLAPSE_RATIO` of its best) exports its best round instead and says
+so (the guard that catches an adversarial method destroying what it learned from the source).
 
-Model selection never looks at real labels: ``task.select: source_val`` keeps the epoch with the
-best accuracy on the labelled synthetic ``source/val``; ``last`` keeps the last epoch.
-
-Every epoch ends with a full-state checkpoint (networks, optimiser, step, best-so-far weights,
-history and RNG states), valid only for the same params, training code and data. Data order and augmentations are drawn from generators seeded by
-``(seed, epoch, ...)``, so a run resumed from a checkpoint continues exactly as the uninterrupted
-run would have.
+Data order and augmentations come from generators seeded by ``(seed, round, ...)``, and a
+checkpoint holds every network, the optimiser, the method's state and the RNG states, so a resumed
+run continues exactly as the uninterrupted run would have. The identity of a run (its checkpoint
+fingerprint) covers the params, the project's code and the data.
 """
 
 from __future__ import annotations
@@ -29,41 +30,43 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
+from pipeline import methods
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, Params, trains_on_target
 from pipeline.data.augment import Augment, build_augment
-from pipeline.data.manifest import ImageSet
+from pipeline.data.manifest import ImageSet, Views, preload_within
+from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
-from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
-from pipeline.task.export import save_task_model
-from pipeline.task.grl import dann_lambda, dann_lr
-from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
+from pipeline.methods.base import Method, MethodContext, StepBatch
 from pipeline.reproducibility import code_digest, content_digest, derive_seed, seed_everything
+from pipeline.task.export import save_task_model
+from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
 
 logger = logging.getLogger(__name__)
 
 PREPARED = Path("data/prepared")
 SOURCE_VAL = "source/val"
 TARGET_TRAIN = "target/train"
-FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task", "dann")
+FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task")
+COLLAPSE_RATIO = 0.5      # a final source-val accuracy below half the best means the run destroyed what it learned
+
+# Streams of derive_seed(seed, round, STREAM, ...): one generator per purpose.
+_AUGMENT = 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,15 +78,15 @@ def params_hash(params: Params, variant: str) -> str:
     """Hash of the params sections that shape training plus the variant's own entry."""
     entry = dataclasses.asdict(params.variant(variant))
     blob = json.dumps({"params": params.fingerprint(*FINGERPRINT_SECTIONS), "variant": variant, "entry": entry},
-                      sort_keys=True).encode()
+                      sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | Path]) -> str:
-    """Identity of a training run for its checkpoint: params, training code and data contents.
+    """Identity of a training run for its checkpoint: params, the project's code and data contents.
 
-    These are the stage's DVC dependencies; when any of them changes DVC reruns the stage, and the
-    persisted checkpoint (made from the old inputs) must then not be resumed.
+    When any of them changes DVC reruns the stage, and the persisted checkpoint (made from the old
+    inputs) must then not be resumed.
     """
     parts = [params_hash(params, variant), code_digest(), content_digest(data_folders)]
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
@@ -94,20 +97,19 @@ def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREP
     return trains_on_target(params.variant(variant), Path(prepared) / "target")
 
 
-# Streams of derive_seed(seed, epoch, STREAM, ...): one generator per purpose.
-_SHUFFLE, _TARGET, _AUGMENT = 1, 2, 3
-
-
 # ------------------------------------------------------------------------------------------------
-# Schedules
+# Schedules and optimiser
 # ------------------------------------------------------------------------------------------------
 
 
-def learning_rate(params: Params, method: str, p: float) -> float:
-    """``lr_p`` at progress ``p`` (formulas in the module docstring)."""
+def variant_steps(params: Params, variant: str) -> int:
+    """The variant's budget in optimiser steps: its own ``steps``, else ``task.steps``."""
+    return params.variant(variant).steps or params.task.steps
+
+
+def task_learning_rate(params: Params, p: float) -> float:
+    """``lr_p`` of ``task.schedule`` at progress ``p`` (formulas in the module docstring)."""
     lr0 = params.task.optimizer.lr
-    if method == "dann":
-        return dann_lr(p, lr0, params.dann.alpha, params.dann.beta)
     if params.task.schedule == "cosine":
         return lr0 * 0.5 * (1.0 + math.cos(math.pi * p))
     return lr0
@@ -131,51 +133,47 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_loader(dataset: Dataset, batch_size: int, rt: Runtime, shuffle_seed: Optional[int] = None) -> DataLoader:
-    """Single process, no workers; shuffled by a generator seeded with ``shuffle_seed`` (None: in order).
-
-    Under torchrun each rank reads its shard through a :class:`DistributedSampler` with the same seed.
-    """
-    generator = torch.Generator().manual_seed(shuffle_seed or 0)
-    if rt.distributed:
-        sampler = DistributedSampler(dataset, rt.world_size, rt.rank, shuffle=shuffle_seed is not None,
-                                     seed=shuffle_seed or 0)
-    elif shuffle_seed is not None:
-        sampler = RandomSampler(dataset, generator=generator)
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=0, generator=generator)
-
-
-def cycle_batches(dataset: Dataset, batch_size: int, rt: Runtime, seed: int, epoch: int) -> Iterator[torch.Tensor]:
-    """Endless unlabelled batches for one epoch; pass ``k`` over the data is shuffled with ``(seed, epoch, k)``."""
-    for k in itertools.count():
-        for x, _ in make_loader(dataset, batch_size, rt, derive_seed(seed, epoch, _TARGET, k)):
-            yield x
-
-
 @dataclass
 class TrainData:
-    labelled: ImageSet
-    val: ImageSet
-    target: Optional[ImageSet]          # DANN only: unlabelled real images
-    augment: Optional[Augment]
+    labelled: ImageSet                 # the variant's labelled set, augmented by its pipeline
+    val: ImageSet                      # source/val, labelled, not augmented
+    target: Optional[Views]            # the method's views of the unlabelled real images, or None
+    augments: list[Augment]            # every pipeline in use (reseeded each round)
 
     @property
     def folders(self) -> list[Path]:
-        return [s.folder for s in (self.labelled, self.val, self.target) if s is not None]
+        return [s.folder for s in (self.labelled, self.val, self.target.images if self.target else None)
+                if s is not None]
 
 
-def load_data(params: Params, variant: str, prepared: str | Path = PREPARED) -> TrainData:
-    """The variant's labelled set (augmented), synthetic validation and, for DANN, unlabelled target."""
+def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) -> Method:
+    v = params.variant(variant)
+    ctx = MethodContext(num_classes=len(params.data.classes), feature_dim=feature_dim(model), device=rt.device,
+                        wrap=lambda module: wrap(module, rt))
+    return methods.get(v.method, f"variants.{variant}.method")(
+        methods.parse_params(v.method, v.params, f"variants.{variant}.params"), ctx)
+
+
+def load_data(params: Params, variant: str, method: Method, prepared: str | Path = PREPARED) -> TrainData:
+    """The variant's labelled set, synthetic validation and the method's views of the real images,
+    each decoded into memory once when it fits ``data.preload_mb``."""
     d, v = params.data, params.variant(variant)
-    augment = build_augment(params.augment, params.seed)
-    labelled = ImageSet(v.train, d.classes, d.channels, d.image_size, transform=augment)
+    pipelines: dict[str, Optional[Augment]] = {}
+
+    def pipeline(name: Optional[str]) -> Optional[Augment]:
+        name = name or v.augment
+        if name not in pipelines:
+            pipelines[name] = build_augment(params.augment[name], params.seed, key=f"augment.{name}")
+        return pipelines[name]
+
+    labelled = ImageSet(v.train, d.classes, d.channels, d.image_size, transform=pipeline(None))
     val = ImageSet(Path(prepared) / SOURCE_VAL, d.classes, d.channels, d.image_size)
     target = None
-    if v.method == "dann":
-        target = ImageSet(Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
-    return TrainData(labelled, val, target, augment)
+    if method.target_views():
+        real = ImageSet(Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
+        target = Views(real, {view: pipeline(name) for view, name in method.target_views().items()})
+    preload_within((labelled, val, target.images if target else None), d.preload_mb * 2**20)
+    return TrainData(labelled, val, target, [a for a in pipelines.values() if a is not None])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,7 +182,7 @@ def load_data(params: Params, variant: str, prepared: str | Path = PREPARED) -> 
 
 
 class FeaturesAndLogits(nn.Module):
-    """``x -> (f(x), h(f(x)))`` so one (DDP-wrapped) forward serves both the task and the domain branch."""
+    """``x -> (f(x), h(f(x)))`` so one (DDP-wrapped) forward serves the task and any feature-level loss."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -195,89 +193,48 @@ class FeaturesAndLogits(nn.Module):
         return features, classify_features(self.model, features)
 
 
-class DomainBranch:
-    """What DANN adds to a supervised step: a real batch and the discriminator's loss on the features."""
-
-    def __init__(self, discriminator: nn.Module, params: Params):
-        self.discriminator, self.dann = discriminator, params.dann
-        self.batches: Iterator[torch.Tensor] = iter(())
-
-    def start_epoch(self, batches: Iterator[torch.Tensor]) -> None:
-        self.batches = batches
-
-    def next_batch(self) -> torch.Tensor:
-        return next(self.batches)
-
-    def loss(self, f_source: torch.Tensor, f_target: torch.Tensor, p: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """``trade_off * L_d`` with the GRL at ``lambda_p``, and the step's domain statistics."""
-        lambd = dann_lambda(p, self.dann.gamma)
-        loss, accuracy = domain_adversarial_loss(self.discriminator, f_source, f_target, lambd)
-        return self.dann.trade_off * loss, {"lambda": lambd, "domain_loss": float(loss.detach()), "domain_acc": accuracy}
-
-
 # ------------------------------------------------------------------------------------------------
-# One epoch
+# One round of steps
 # ------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class EpochTotals:
-    """Sums over an epoch's steps; averaged (over all ranks) by :meth:`means`."""
+class RoundTotals:
+    """Sums over a round's steps; averaged (over all ranks) by :meth:`means`."""
 
-    loss: float = 0.0
     correct: float = 0.0
     images: float = 0.0
     steps: float = 0.0
-    domain: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
 
-    def add(self, loss: float, correct: int, images: int, domain: dict[str, float]) -> None:
-        self.loss += loss * images
+    def add(self, correct: int, images: int, values: dict[str, float]) -> None:
         self.correct += correct
         self.images += images
         self.steps += 1
-        for k, v in domain.items():
-            self.domain[k] = self.domain.get(k, 0.0) + v
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
 
     def means(self, rt: Runtime) -> dict[str, float]:
-        keys = sorted(self.domain)
-        sums = torch.tensor([self.loss, self.correct, self.images, self.steps] + [self.domain[k] for k in keys],
+        keys = sorted(self.sums)
+        sums = torch.tensor([self.correct, self.images, self.steps] + [self.sums[k] for k in keys],
                             dtype=torch.float64)
         if rt.distributed:
             sums = sums.to(rt.device)
             dist.all_reduce(sums)
             sums = sums.cpu()
-        loss, correct, images, steps, *domain = sums.tolist()
-        out = {"train_loss": loss / max(images, 1), "train_acc": correct / max(images, 1)}
-        out.update({k: v / max(steps, 1) for k, v in zip(keys, domain)})
+        correct, images, steps, *values = sums.tolist()
+        out = {"train_acc": correct / max(images, 1)}
+        out.update({k: v / max(steps, 1) for k, v in zip(keys, values)})
         return out
 
 
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               branch: Optional[DomainBranch], p: float, device: torch.device) -> tuple[float, int, dict]:
-    """One update; returns (task loss, correct predictions, domain statistics)."""
-    x, y = x.to(device), y.to(device)
-    inputs = x if branch is None else torch.cat([x, branch.next_batch().to(device)])
-    features, logits = net(inputs)
-    n = len(x)
-    task_loss = F.cross_entropy(logits[:n], y)
-    loss, domain = task_loss, {}
-    if branch is not None:
-        domain_loss, domain = branch.loss(features[:n], features[n:], p)
-        loss = loss + domain_loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    correct = int((logits[:n].detach().argmax(1) == y).sum())
-    return float(task_loss.detach()), correct, domain
-
-
 @torch.inference_mode()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` (switched to eval mode and back) over ``loader``."""
+def accuracy(model: nn.Module, dataset: ImageSet, device: torch.device, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (switched to eval mode and back) over ``dataset``."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader:
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
         pred = model(x.to(device)).argmax(1).cpu()
         correct += int((pred == y).sum())
         total += len(y)
@@ -285,50 +242,60 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return correct / max(total, 1)
 
 
-def _progress(loader: DataLoader, desc: str, rt: Runtime):
-    from tqdm import tqdm
-
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                disable=not (rt.is_main and sys.stderr.isatty()))
-
-
-def start_epoch(data: TrainData, branch: Optional[DomainBranch], params: Params, rt: Runtime,
-                epoch: int) -> DataLoader:
-    """Seed this epoch's shuffling, augmentations and target stream from ``(seed, epoch)``; the labelled loader."""
-    loader = make_loader(data.labelled, params.task.batch_size, rt, derive_seed(params.seed, epoch, _SHUFFLE))
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    if data.augment is not None:
-        data.augment.reseed(derive_seed(params.seed, epoch, _AUGMENT, rt.rank))
-    if branch is not None:
-        branch.start_epoch(cycle_batches(data.target, params.task.batch_size, rt, params.seed, epoch))
-    return loader
+@dataclass
+class Samplers:
+    labelled: DomainSampler
+    target: Optional[DomainSampler]
 
 
-def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                branch: Optional[DomainBranch], params: Params, method: str, run: RunState, total_steps: int,
-                rt: Runtime, desc: str, stage: str = "train_task", checkpoint: Optional[Path] = None
-                ) -> dict[str, float]:
-    """One pass over the labelled loader; advances ``run.step`` and returns the epoch's means and last lr.
+def make_samplers(params: Params, data: TrainData, method: Method, rt: Runtime) -> Samplers:
+    task = params.task
+    if task.batch_size % rt.world_size:
+        raise ConfigError(f"task.batch_size: {task.batch_size} is not divisible by the {rt.world_size} torchrun processes")
+    labelled = DomainSampler(data.labelled, "labelled", task.batch_size, task.eval_every, params.seed,
+                             rt.rank, rt.world_size)
+    target = None
+    if data.target is not None:
+        size = method.target_batch_size(task.batch_size)
+        size += (-size) % rt.world_size
+        target = DomainSampler(data.target, "target", size, task.eval_every, params.seed, rt.rank, rt.world_size)
+    return Samplers(labelled, target)
 
-    A NaN or infinite loss stops training at once (:func:`~pipeline.guards.check_finite`), naming
-    ``stage``, the term and the step; ``checkpoint`` (the last good one) is left as it is.
+
+def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer, data: TrainData,
+                samplers: Samplers, params: Params, run: "RunState", rt: Runtime, stage: str,
+                checkpoint: Optional[Path], total_steps: int) -> dict[str, float]:
+    """Up to ``task.eval_every`` steps (fewer in the last round); returns the round's means and last lr.
+
+    A NaN or infinite loss term stops training at once (:func:`~pipeline.guards.check_finite`),
+    naming ``stage``, the term and the step; ``checkpoint`` (the last good one) is left as it is.
     """
+    task, rnd = params.task, run.epoch
+    steps = min(task.eval_every, total_steps - run.step)
+    for augment in data.augments:
+        augment.reseed(derive_seed(params.seed, rnd, _AUGMENT, rt.rank))
+    labelled_idx = samplers.labelled.epoch_indices(rnd)
+    target_idx = samplers.target.epoch_indices(rnd) if samplers.target is not None else None
+    views = list(method.target_views())
     net.train()
-    if branch is not None:
-        branch.discriminator.train()
-    totals, lr, started = EpochTotals(), 0.0, time.perf_counter()
-    bar = _progress(loader, desc, rt)
-    for x, y in bar:
+    totals, lr, started = RoundTotals(), 0.0, time.perf_counter()
+    for i in range(steps):
         p = run.step / total_steps
-        lr = learning_rate(params, method, p)
+        lr = method.learning_rate(task.optimizer.lr, p) or task_learning_rate(params, p)
         set_lr(optimizer, lr)
-        loss, correct, domain = train_step(net, optimizer, x, y, branch, p, rt.device)
+        x, y = samplers.labelled.load(labelled_idx[i])
+        target = {}
+        if target_idx is not None:
+            stacked, _ = samplers.target.load(target_idx[i])
+            target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
+        out = method.loss(net, StepBatch(x.to(rt.device), y.to(rt.device), target), p)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
         run.step += 1
-        terms = {"task": loss} if branch is None else {"task": loss, "domain": domain["domain_loss"]}
-        check_finite(terms, stage, run.step, run.epoch + 1, checkpoint, rt.distributed)
-        totals.add(loss, correct, len(x), domain)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        check_finite(out.terms, stage, run.step, rnd + 1, checkpoint, rt.distributed)
+        correct = int((out.logits.detach().argmax(1) == y.to(rt.device)).sum())
+        totals.add(correct, len(x), {**{f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}, **out.stats})
     run.train_seconds += time.perf_counter() - started
     run.images_seen += int(totals.images) * rt.world_size
     return {**totals.means(rt), "lr": lr}
@@ -343,21 +310,24 @@ def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLo
 class TrainResult:
     model: nn.Module                 # the selected weights, unwrapped, in eval mode, on CPU
     meta: dict[str, Any]             # what export writes next to the weights
-    history: list[dict[str, float]]  # one row per epoch
+    history: list[dict[str, float]]  # one row per round
     metrics: dict[str, Any]          # reports/train/<variant>/metrics.json
-    discriminator: Optional[nn.Module] = None  # DANN: the last epoch's domain discriminator, unwrapped
+    modules: dict[str, nn.Module] = field(default_factory=dict)   # the method's own trained modules
 
 
 @dataclass
 class RunState:
-    """Everything a checkpoint restores besides the networks and the optimiser."""
+    """Everything a checkpoint restores besides the networks, the optimiser and the method's state."""
 
-    epoch: int = 0                   # completed epochs
+    epoch: int = 0                   # completed rounds of task.eval_every steps
     step: int = 0                    # completed optimiser steps
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_acc: float = -1.0
     best_state: Optional[dict[str, torch.Tensor]] = None
+    top_val_acc: float = -1.0        # the best source-val accuracy seen (for the collapse guard)
+    top_epoch: int = 0
+    top_state: Optional[dict[str, torch.Tensor]] = None
     train_seconds: float = 0.0
     images_seen: int = 0
 
@@ -366,16 +336,17 @@ def _state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _checkpoint_state(model: nn.Module, discriminator: Optional[nn.Module], optimizer, run: RunState) -> dict:
+def _checkpoint_state(model: nn.Module, method: Method, optimizer, run: RunState) -> dict:
     return {"model": _state_dict_copy(model),
-            "discriminator": _state_dict_copy(discriminator) if discriminator is not None else None,
-            "optimizer": optimizer.state_dict(), **dataclasses.asdict(run)}
+            "modules": {name: _state_dict_copy(m) for name, m in method.modules().items()},
+            "method": method.state_dict(), "optimizer": optimizer.state_dict(), **dataclasses.asdict(run)}
 
 
-def _restore(saved: dict, model: nn.Module, discriminator: Optional[nn.Module], optimizer) -> RunState:
+def _restore(saved: dict, model: nn.Module, method: Method, optimizer) -> RunState:
     model.load_state_dict(saved["model"])
-    if discriminator is not None:
-        discriminator.load_state_dict(saved["discriminator"])
+    for name, module in method.modules().items():
+        module.load_state_dict(saved["modules"][name])
+    method.load_state_dict(saved["method"])
     optimizer.load_state_dict(saved["optimizer"])
     return RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
 
@@ -388,9 +359,26 @@ def resume(checkpointer: Checkpointer, rt: Runtime) -> Optional[dict]:
 
 
 def _select(run: RunState, model: nn.Module, val_acc: float, select: str) -> None:
-    """Remember the epoch to export: the last one, or the best on synthetic validation so far."""
+    """Remember the round to export (the last one, or the best on synthetic validation so far) and
+    the best round overall (for the collapse guard)."""
+    state = None
+    if val_acc > run.top_val_acc:
+        state = _state_dict_copy(model)
+        run.top_epoch, run.top_val_acc, run.top_state = run.epoch, val_acc, state
     if select == "last" or val_acc > run.best_val_acc:
-        run.best_epoch, run.best_val_acc, run.best_state = run.epoch, val_acc, _state_dict_copy(model)
+        run.best_epoch, run.best_val_acc = run.epoch, val_acc
+        run.best_state = state if state is not None else _state_dict_copy(model)
+
+
+def collapse_guard(run: RunState) -> Optional[str]:
+    """When the exported round's source-val accuracy is below :data:`COLLAPSE_RATIO` of the best
+    round's, switch the export to the best round and return a one-line warning (else None)."""
+    if run.top_state is None or run.best_val_acc >= COLLAPSE_RATIO * run.top_val_acc:
+        return None
+    warning = (f"source-val accuracy collapsed from {run.top_val_acc:.3f} (round {run.top_epoch}) to "
+               f"{run.best_val_acc:.3f} (round {run.best_epoch}); exported round {run.top_epoch} instead")
+    run.best_epoch, run.best_val_acc, run.best_state = run.top_epoch, run.top_val_acc, run.top_state
+    return warning
 
 
 def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, checkpoint_dir: str | Path,
@@ -399,64 +387,74 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
                      on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train (or resume) ``variant``; write history.csv and metrics.json (rank 0) and return the result.
 
-    ``on_epoch_end(epoch, row)`` runs after each epoch's checkpoint (tests use it to interrupt a run).
+    ``on_epoch_end(round, row)`` runs after each round's checkpoint (tests use it to interrupt a run).
     """
     v, task, rt = params.variant(variant), params.task, runtime
     seed_everything(params.seed)
-    data = load_data(params, variant, prepared)
     classes = params.data.classes
-
     try:
         model = build_task_model(task.model, params.data.channels, len(classes), task.width).to(rt.device)
     except ValueError as exc:  # an unknown architecture; the message names task.model
         raise ConfigError(str(exc)) from None
-    discriminator = None
-    if v.method == "dann":
-        discriminator = DomainDiscriminator(feature_dim(model), params.dann.hidden).to(rt.device)
-    trainable = list(model.parameters()) + (list(discriminator.parameters()) if discriminator is not None else [])
+    method = build_method(params, variant, model, rt)
+    data = load_data(params, variant, method, prepared)
+    trainable = list(model.parameters()) + [p for m in method.modules().values() for p in m.parameters()]
     optimizer = build_optimizer(trainable, params)
 
     checkpointer = Checkpointer(checkpoint_dir, run_fingerprint(params, variant, data.folders))
     saved = resume(checkpointer, rt)
-    run = _restore(saved, model, discriminator, optimizer) if saved else RunState()
+    run = _restore(saved, model, method, optimizer) if saved else RunState()
+    total_steps = variant_steps(params, variant)
+    rounds = math.ceil(total_steps / task.eval_every)
     if saved:
-        log.info("%s: %s", variant, f"resuming after epoch {run.epoch} of {task.epochs}" if run.epoch < task.epochs
+        log.info("%s: %s", variant, f"resuming after round {run.epoch} of {rounds}" if run.epoch < rounds
                  else "checkpoint holds the finished run; exporting it without training")
 
     net = wrap(FeaturesAndLogits(model), rt)
-    branch = DomainBranch(wrap(discriminator, rt), params) if discriminator is not None else None
-    val_loader = make_loader(data.val, task.batch_size, dataclasses.replace(rt, world_size=1, rank=0))
-    steps_per_epoch = len(make_loader(data.labelled, task.batch_size, rt, 0))
-    total_steps = task.epochs * steps_per_epoch
-
-    while run.epoch < task.epochs:
-        epoch = run.epoch + 1
-        loader = start_epoch(data, branch, params, rt, epoch)
-        train_row = train_epoch(net, optimizer, loader, branch, params, v.method, run, total_steps, rt,
-                                desc=f"epoch {epoch}/{task.epochs}", stage=f"train_task@{variant}",
-                                checkpoint=checkpointer.path)
-        run.epoch = epoch
-        sync_buffers(rt, model, discriminator)  # BatchNorm statistics: rank 0's on every rank
-        row = {"epoch": epoch, **train_row, "source_val_acc": accuracy(model, val_loader, rt.device)}
+    samplers = make_samplers(params, data, method, rt)
+    while run.epoch < rounds:
+        row = train_round(net, method, optimizer, data, samplers, params, run, rt, f"train_task@{variant}",
+                          checkpointer.path, total_steps)
+        run.epoch += 1
+        sync_buffers(rt, model, *method.modules().values())  # BatchNorm statistics: rank 0's on every rank
+        row = {"epoch": run.epoch, "step": run.step, **row, "source_val_acc": accuracy(model, data.val, rt.device)}
         run.history.append(row)
         _select(run, model, row["source_val_acc"], task.select)
         if rt.is_main:
-            checkpointer.save(_checkpoint_state(model, discriminator, optimizer, run))
-            tracker.log_metrics({k: val for k, val in row.items() if k != "epoch"}, step=epoch)
-        log.info("%s epoch %d/%d  %s", variant, epoch, task.epochs,
-                 "  ".join(f"{k} {val:.4g}" for k, val in row.items() if k != "epoch"))
+            checkpointer.save(_checkpoint_state(model, method, optimizer, run))
+            tracker.log_metrics({k: val for k, val in row.items() if k != "epoch"}, step=run.step)
+        log.info("%s round %d/%d (step %d)  %s", variant, run.epoch, rounds, run.step,
+                 "  ".join(f"{k} {val:.4g}" for k, val in row.items() if k not in ("epoch", "step")))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+            on_epoch_end(run.epoch, row)
 
-    result = _result(params, variant, run, model, prepared)
-    result.discriminator = discriminator
+    warning = collapse_guard(run)
+    if warning:
+        log.warning("%s: %s", variant, warning)
+    result = _result(params, variant, run, model, prepared, [warning] if warning else [])
+    result.modules = method.modules()
     if rt.is_main:
+        result.metrics["label_free"] = _label_free(result.model, data, params, prepared, rt.device)
+        tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
     return result
 
 
-def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path) -> TrainResult:
+def _label_free(model: nn.Module, data: TrainData, params: Params, prepared: str | Path,
+                device: torch.device) -> dict[str, float]:
+    """Label-free scores of the selected model on the unlabelled real training images and source/val
+    (:mod:`pipeline.metrics.label_free`); what the report picks a variant by."""
+    from pipeline.metrics.label_free import label_free_scores
+
+    d = params.data
+    real = data.target.images if data.target is not None else ImageSet(
+        Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
+    return label_free_scores(copy.deepcopy(model).to(device), real, data.val, device, params.seed)
+
+
+def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path,
+            warnings: list[str]) -> TrainResult:
     selected = copy.deepcopy(unwrap(model)).cpu()
     selected.load_state_dict(run.best_state)
     selected.eval()
@@ -468,9 +466,9 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
             "params_hash": params_hash(params, variant)}
     metrics = {
         "variant": variant, "method": v.method, "uses_target_labels": target_labels,
-        "epochs": run.epoch, "select": params.task.select, "selected_epoch": run.best_epoch,
-        "selected_source_val_acc": run.best_val_acc,
-        "final": {k: val for k, val in last.items() if k != "epoch"},
+        "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
+        "selected_source_val_acc": run.best_val_acc, "warnings": warnings,
+        "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
     }

@@ -1,0 +1,36 @@
+"""Seeded, resumable batches: the order of every batch is a function of (seed, name, epoch, step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.reproducibility import seeded_generator
+
+
+class DomainSampler:
+    """Batches of one split in an order fixed by ``(seed, name, epoch)``.
+
+    Epoch ``e`` walks through fresh seeded permutations of the split (as many as its
+    ``steps * batch_size`` draws need), so the batch of any ``(epoch, step)`` is known without state
+    and a resumed run reads exactly the images an uninterrupted one would. Under torchrun every
+    rank takes its share ``[rank::world]`` of each global batch.
+    """
+
+    def __init__(self, dataset: Dataset, name: str, batch_size: int, steps: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.dataset, self.name, self.batch_size, self.steps = dataset, name, batch_size, steps
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """``(steps, batch_size // world)`` dataset indices for this rank in ``epoch``."""
+        need, n = self.steps * self.batch_size, len(self.dataset)
+        perms = [torch.randperm(n, generator=seeded_generator(self.seed, self.name, epoch, k))
+                 for k in range(math.ceil(need / n))]
+        return torch.cat(perms)[:need].view(self.steps, self.batch_size)[:, self.rank::self.world]
+
+    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.dataset[i] for i in indices.tolist()]
+        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -1,0 +1,89 @@
+"""The contract between the training loop and an adaptation method.
+
+Each optimiser step the loop hands the method a :class:`StepBatch` (a labelled batch, plus the views
+of an unlabelled real batch the method asked for) and the network ``net: x -> (features, logits)``;
+the method returns a :class:`StepOutput` with the loss to minimise. Besides that a method may own
+extra trainable modules (a domain discriminator), override the learning-rate rule and keep state
+that checkpoints must restore (running statistics). Nothing else about training is its business:
+data order, checkpoints, DDP, tracking and model selection belong to the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without parameters: ``variants.<v>.params`` must be empty."""
+
+
+@dataclass
+class MethodContext:
+    """What a method may build on."""
+
+    num_classes: int
+    feature_dim: int
+    device: torch.device
+    wrap: Callable[[nn.Module], nn.Module] = lambda module: module   # DDP-wraps a trainable module under torchrun
+
+
+@dataclass
+class StepBatch:
+    x: torch.Tensor                                              # labelled images (N, C, H, W)
+    y: torch.Tensor                                              # their class indices (N,)
+    target: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> unlabelled real images
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor                  # what the optimiser minimises
+    logits: torch.Tensor                # logits of the labelled batch (train accuracy)
+    terms: dict[str, torch.Tensor]      # named loss terms, unweighted (logged; a NaN in any stops training)
+    stats: dict[str, float] = field(default_factory=dict)   # other per-step statistics, averaged per epoch
+
+
+class Method:
+    """Base class: supervised behaviour hooks with no extra modules, state or target data."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any, ctx: MethodContext):
+        self.params, self.ctx = params, ctx
+
+    @classmethod
+    def target_views_of(cls, params: Any) -> dict[str, Optional[str]]:
+        """Views of an unlabelled real batch needed per step: view name -> ``augment`` pipeline name
+        (None: the variant's own pipeline, i.e. augmented like the labelled images). Empty: none."""
+        return {}
+
+    def target_views(self) -> dict[str, Optional[str]]:
+        return self.target_views_of(self.params)
+
+    def target_batch_size(self, batch_size: int) -> int:
+        """Real images per step, given the labelled batch size."""
+        return batch_size
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Extra trainable modules (plain, unwrapped): optimised with the model, checkpointed."""
+        return {}
+
+    def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        """The loss of one step; ``progress`` in [0, 1) is the share of training done."""
+        raise NotImplementedError
+
+    def learning_rate(self, lr0: float, progress: float) -> Optional[float]:
+        """The method's own learning rate at ``progress``, or None for the task's schedule."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Non-module state a resumed run needs (tensors and plain values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

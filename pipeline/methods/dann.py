@@ -1,0 +1,81 @@
+"""DANN (Ganin & Lempitsky 2015; Ganin et al. JMLR 2016): domain-adversarial training through a
+gradient reversal layer.
+
+    L = CE(h(f(x_s)), y_s) + trade_off * L_d(D(GRL_lambda(f(x_s))), D(GRL_lambda(f(x_t))))
+
+with ``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` and, when ``annealed_lr``, the paper's
+``lr_p = lr0 / (1 + alpha p) ** beta`` (progress ``p`` in [0, 1)). See :mod:`pipeline.task.dann` for
+``L_d`` and the discriminator. Where we differ from the paper, and why:
+
+* the real batch is augmented like the labelled one (the same ``augment`` pipeline), so the
+  discriminator cannot tell the domains apart by augmentation artefacts alone;
+* source and target go through the network as one batch, so BatchNorm sees both domains (as in
+  TLlib's implementation);
+* Adam instead of SGD with momentum (``task.optimizer``), as for every other variant; the annealed
+  rule then starts from Adam's ``lr0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.methods import register
+from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput
+from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
+from pipeline.task.grl import dann_lambda, dann_lr
+
+
+@dataclass(frozen=True)
+class DannParams:
+    gamma: float = 10.0        # GRL weight ramp
+    alpha: float = 10.0        # annealed learning rate
+    beta: float = 0.75
+    annealed_lr: bool = True   # false: the task's schedule (task.schedule)
+    trade_off: float = 1.0     # weight of the domain loss
+    hidden: int = 256          # discriminator width
+
+    def __post_init__(self) -> None:
+        from pipeline.config import ConfigError
+
+        if self.trade_off < 0:
+            raise ConfigError(f"trade_off: expected a non-negative number, got {self.trade_off}")
+        if self.hidden <= 0:
+            raise ConfigError(f"hidden: expected a positive integer, got {self.hidden}")
+
+
+@register
+class Dann(Method):
+    name = "dann"
+    Params = DannParams
+
+    def __init__(self, params: DannParams, ctx: MethodContext):
+        super().__init__(params, ctx)
+        self.discriminator = DomainDiscriminator(ctx.feature_dim, params.hidden).to(ctx.device)
+        self.trained_discriminator = ctx.wrap(self.discriminator)
+
+    @classmethod
+    def target_views_of(cls, params: DannParams) -> dict[str, Optional[str]]:
+        return {"target": None}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"discriminator": self.discriminator}
+
+    def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        n = len(batch.x)
+        features, logits = net(torch.cat([batch.x, batch.target["target"]]))
+        ce = F.cross_entropy(logits[:n], batch.y)
+        lambd = dann_lambda(progress, self.params.gamma)
+        self.trained_discriminator.train()
+        domain, accuracy = domain_adversarial_loss(self.trained_discriminator, features[:n], features[n:], lambd)
+        return StepOutput(ce + self.params.trade_off * domain, logits[:n], {"task": ce, "domain": domain},
+                          {"lambda": lambd, "domain_acc": accuracy})
+
+    def learning_rate(self, lr0: float, progress: float) -> Optional[float]:
+        if not self.params.annealed_lr:
+            return None
+        return dann_lr(progress, lr0, self.params.alpha, self.params.beta)

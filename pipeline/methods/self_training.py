@@ -1,0 +1,112 @@
+"""Self-training on the unlabelled real images: pseudo-labels from a weak view, consistency on a
+strong view, in the style of FixMatch (Sohn et al. 2020) with AdaMatch's adaptations to a domain
+shift (Berthelot et al. 2022).
+
+Per step, with a labelled batch ``x_s`` and the weak and strong views ``t_w``, ``t_s`` of a real batch
+(all three through the network as one batch, so BatchNorm sees both domains, as in AdaMatch):
+
+    p_w      = softmax(h(f(t_w)))                       (no gradient)
+    p_a      = normalise(p_w * prior / E[p_w])          distribution alignment: E[p_w] is a running
+                                                        mean over steps, prior uniform over the classes
+    tau      = threshold * mean_s max softmax(h(f(x_s)))   relative confidence threshold
+    L_u      = mean_t [max p_a >= tau] * CE(h(f(t_s)), argmax p_a)
+    L        = CE(h(f(x_s)), y_s) + weight * mu(p) * L_u,   mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2
+
+Distribution alignment keeps the pseudo-labels class-balanced, so a model that favours a few classes
+on the real images cannot reinforce that; the relative threshold adapts to how confident the model
+is on the labelled domain instead of a fixed 0.95 the shifted domain may never reach. Starting from
+any labelled training set (renders, randomised renders, translated renders): the ramp makes the
+first steps purely supervised, so it works "on top of" that set's model without a separate stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.methods import register
+from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput
+
+
+@dataclass(frozen=True)
+class SelfTrainingParams:
+    strong: str = "strong"        # augment pipeline of the strong view
+    weak: Optional[str] = None    # augment pipeline of the weak view (None: the variant's own)
+    threshold: float = 0.9        # relative confidence threshold
+    weight: float = 1.0           # weight of the unlabelled loss once ramped up
+    ramp: float = 0.5             # share of training over which the weight ramps up from 0
+    alignment: bool = True        # distribution alignment to a uniform class prior
+    momentum: float = 0.99        # of the running mean of the weak-view predictions
+    target_ratio: float = 1.0     # real images per labelled image in a step
+
+    def __post_init__(self) -> None:
+        from pipeline.config import ConfigError
+
+        for key, ok, expected in (("threshold", 0 < self.threshold <= 1, "a number in (0, 1]"),
+                                  ("weight", self.weight >= 0, "a non-negative number"),
+                                  ("ramp", 0 <= self.ramp <= 1, "a share in [0, 1]"),
+                                  ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
+                                  ("target_ratio", self.target_ratio > 0, "a positive number")):
+            if not ok:
+                raise ConfigError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+
+
+def ramp_weight(progress: float, ramp: float) -> float:
+    """``mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2``: 0 at the start, 1 from ``p = ramp`` on."""
+    if ramp <= 0:
+        return 1.0
+    return 0.5 * (1.0 - math.cos(math.pi * min(1.0, progress / ramp)))
+
+
+def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+    """``normalise(p * prior / running_mean)`` with a uniform prior (AdaMatch's distribution alignment)."""
+    prior = torch.full_like(running_mean, 1.0 / len(running_mean))
+    aligned = probs * (prior / running_mean.clamp_min(1e-6))
+    return aligned / aligned.sum(dim=1, keepdim=True)
+
+
+@register
+class SelfTraining(Method):
+    name = "self_training"
+    Params = SelfTrainingParams
+
+    def __init__(self, params: SelfTrainingParams, ctx: MethodContext):
+        super().__init__(params, ctx)
+        self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
+
+    @classmethod
+    def target_views_of(cls, params: SelfTrainingParams) -> dict[str, Optional[str]]:
+        return {"weak": params.weak, "strong": params.strong}
+
+    def target_batch_size(self, batch_size: int) -> int:
+        return max(1, round(batch_size * self.params.target_ratio))
+
+    def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        n, weak, strong = len(batch.x), batch.target["weak"], batch.target["strong"]
+        m = len(weak)
+        _, logits = net(torch.cat([batch.x, weak, strong]))
+        source, weak_logits, strong_logits = logits[:n], logits[n:n + m], logits[n + m:]
+        ce = F.cross_entropy(source, batch.y)
+        with torch.no_grad():
+            probs = weak_logits.float().softmax(1)
+            if self.params.alignment:
+                self.running_mean.mul_(self.params.momentum).add_(probs.mean(0), alpha=1 - self.params.momentum)
+                probs = align_distribution(probs, self.running_mean)
+            tau = self.params.threshold * source.float().softmax(1).max(1).values.mean()
+            confidence, pseudo = probs.max(1)
+            mask = (confidence >= tau).float()
+        unlabelled = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
+        mu = self.params.weight * ramp_weight(progress, self.params.ramp)
+        return StepOutput(ce + mu * unlabelled, source, {"task": ce, "unlabelled": unlabelled},
+                          {"mask_rate": float(mask.mean()), "threshold": float(tau), "unlabelled_weight": mu})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"running_mean": self.running_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running_mean.copy_(state["running_mean"].to(self.running_mean.device))
