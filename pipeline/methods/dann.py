@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.methods import register
-from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput
+from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
 from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
 from pipeline.task.grl import dann_lambda, dann_lr
 
@@ -40,12 +40,8 @@ class DannParams:
     hidden: int = 256          # discriminator width
 
     def __post_init__(self) -> None:
-        from pipeline.config import ConfigError
-
-        if self.trade_off < 0:
-            raise ConfigError(f"trade_off: expected a non-negative number, got {self.trade_off}")
-        if self.hidden <= 0:
-            raise ConfigError(f"hidden: expected a positive integer, got {self.hidden}")
+        check_fields((("trade_off", self.trade_off >= 0, f"a non-negative number, got {self.trade_off}"),
+                      ("hidden", self.hidden > 0, f"a positive integer, got {self.hidden}")))
 
 
 @register

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.methods import register
-from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput
+from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,12 @@ class SelfTrainingParams:
     target_ratio: float = 1.0     # real images per labelled image in a step
 
     def __post_init__(self) -> None:
-        from pipeline.config import ConfigError
-
-        for key, ok, expected in (("threshold", 0 < self.threshold <= 1, "a number in (0, 1]"),
-                                  ("weight", self.weight >= 0, "a non-negative number"),
-                                  ("ramp", 0 <= self.ramp <= 1, "a share in [0, 1]"),
-                                  ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
-                                  ("target_ratio", self.target_ratio > 0, "a positive number")):
-            if not ok:
-                raise ConfigError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+        check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
+            ("threshold", 0 < self.threshold <= 1, "a number in (0, 1]"),
+            ("weight", self.weight >= 0, "a non-negative number"),
+            ("ramp", 0 <= self.ramp <= 1, "a share in [0, 1]"),
+            ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("target_ratio", self.target_ratio > 0, "a positive number")))
 
 
 def ramp_weight(progress: float, ramp: float) -> float:
