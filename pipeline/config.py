@@ -152,6 +152,7 @@ class VariantParams:
     augment: str = "default"     # the name of an `augment` pipeline for the labelled images
     params: dict = field(default_factory=dict)   # the method's own, validated by its Params dataclass
     steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)
+    target_bn: bool = False      # re-estimate BatchNorm statistics on the unlabelled real images before export (AdaBN)
 
 
 @dataclass(frozen=True)

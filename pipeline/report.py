@@ -84,9 +84,15 @@ class Summary:
         return {**self.as_metrics(), PICK_KEY: {"variant": self.pick, "rule": PICK_RULE}}
 
 
-def collect(eval_dir: str | Path = EVAL_DIR) -> dict[str, dict[str, Any]]:
-    """``{variant: metrics}`` from every ``<eval_dir>/<variant>/metrics.json``."""
+def collect(eval_dir: str | Path = EVAL_DIR, variants: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """``{variant: metrics}`` from every ``<eval_dir>/<variant>/metrics.json``; when ``variants`` (those
+    of params.yaml) are given, only theirs: a folder left by a variant since removed is not reported."""
     found = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(eval_dir).glob("*/metrics.json"))}
+    if variants:
+        for stale in sorted(set(found) - set(variants)):
+            log.warning("%s: %r is no longer a variant in params.yaml; left out of the report",
+                        Path(eval_dir) / stale, stale)
+        found = {k: v for k, v in found.items() if k in variants}
     if not found:
         raise FileNotFoundError(f"{eval_dir}: no */metrics.json found; run the evaluate stages first")
     return found
@@ -278,7 +284,7 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     Label-free scores come from ``<train_dir>/<variant>/metrics.json``; ``n_classes`` (the number of
     classes of the data) decides whether :func:`pick_variant` checks for collapse.
     """
-    metrics = collect(eval_dir)
+    metrics = collect(eval_dir, order)
     summary = summarize(metrics, order, collect_label_free(list(metrics), train_dir), n_classes)
     out = Path(out_dir)
     write_json(out / "summary.json", summary.as_json())

@@ -95,6 +95,14 @@ def test_report_gap_closed_and_files(tmp_path):
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
 
 
+def test_report_leaves_out_a_variant_removed_from_params(tmp_path, caplog):
+    eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "translated_dann": 0.7, "target_oracle": 0.9})
+    summary = write_report(eval_dir, tmp_path, order=["source_only", "target_oracle"])
+    assert [r.variant for r in summary.rows] == ["source_only", "target_oracle"]
+    assert "translated_dann" not in json.loads((tmp_path / "summary.json").read_text())
+    assert "'translated_dann' is no longer a variant in params.yaml" in caplog.text
+
+
 def test_report_without_oracle_has_no_gap_and_says_why(tmp_path):
     summary = summarize({"source_only": {"accuracy": 0.6, "macro_f1": 0.5},
                          "dann": {"accuracy": 0.7, "macro_f1": 0.6}})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import timm
 import torch
 from torch import nn
 
@@ -68,6 +67,8 @@ def build_task_model(name: str, in_channels: int, num_classes: int, width: int =
     if name == SMALL_CNN:
         model: nn.Module = SmallCNN(in_channels, num_classes, width=width)
     else:
+        import timm  # only here: importing it costs every stage ~2 s
+
         if not timm.is_model(name):
             raise ValueError(
                 f"task.model: unknown model {name!r}; use {SMALL_CNN!r} or a timm architecture "

@@ -19,6 +19,9 @@ best source-val accuracy; ``last`` keeps the last one, except that a run whose s
 collapses (ends below :data:`COLLAPSE_RATIO` of its best) exports its best round instead and says
 so (the guard that catches an adversarial method destroying what it learned from the source).
 
+A variant with ``target_bn: true`` has the exported model's BatchNorm statistics re-estimated on the
+unlabelled real training images (AdaBN, :mod:`pipeline.task.batchnorm`) after selection.
+
 Data order and augmentations come from generators seeded by ``(seed, round, ...)``, and a
 checkpoint holds every network, the optimiser, the method's state and the RNG states, so a resumed
 run continues exactly as the uninterrupted run would have. The identity of a run (its checkpoint
@@ -54,6 +57,7 @@ from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
 from pipeline.methods.base import Method, MethodContext, StepBatch
 from pipeline.reproducibility import code_digest, content_digest, derive_seed, seed_everything
+from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
 from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
 
@@ -434,6 +438,10 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
     result = _result(params, variant, run, model, prepared, [warning] if warning else [])
     result.modules = method.modules()
     if rt.is_main:
+        if v.target_bn:
+            layers = adapt_batchnorm(result.model, _real_images(data, params, prepared))
+            result.metrics["target_bn_layers"] = layers
+            log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
         result.metrics["label_free"] = _label_free(result.model, data, params, prepared, rt.device)
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
@@ -447,10 +455,16 @@ def _label_free(model: nn.Module, data: TrainData, params: Params, prepared: str
     (:mod:`pipeline.metrics.label_free`); what the report picks a variant by."""
     from pipeline.metrics.label_free import label_free_scores
 
+    return label_free_scores(copy.deepcopy(model).to(device), _real_images(data, params, prepared), data.val,
+                             device, params.seed)
+
+
+def _real_images(data: TrainData, params: Params, prepared: str | Path) -> ImageSet:
+    """The unlabelled real training images, unaugmented (already in memory when the method used them)."""
+    if data.target is not None:
+        return data.target.images
     d = params.data
-    real = data.target.images if data.target is not None else ImageSet(
-        Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
-    return label_free_scores(copy.deepcopy(model).to(device), real, data.val, device, params.seed)
+    return ImageSet(Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
 
 
 def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path,
@@ -467,7 +481,7 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
     metrics = {
         "variant": variant, "method": v.method, "uses_target_labels": target_labels,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
-        "selected_source_val_acc": run.best_val_acc, "warnings": warnings,
+        "selected_source_val_acc": run.best_val_acc, "warnings": warnings, "target_bn": v.target_bn,
         "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
