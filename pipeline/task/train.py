@@ -438,25 +438,25 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
     result = _result(params, variant, run, model, prepared, [warning] if warning else [])
     result.modules = method.modules()
     if rt.is_main:
+        real = _real_images(data, params, prepared)
         if v.target_bn:
-            layers = adapt_batchnorm(result.model, _real_images(data, params, prepared))
+            layers = adapt_batchnorm(result.model, real)
             result.metrics["target_bn_layers"] = layers
             log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
-        result.metrics["label_free"] = _label_free(result.model, data, params, prepared, rt.device)
+        result.metrics["label_free"] = _label_free(result.model, real, data, params, rt.device)
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
     return result
 
 
-def _label_free(model: nn.Module, data: TrainData, params: Params, prepared: str | Path,
+def _label_free(model: nn.Module, real: ImageSet, data: TrainData, params: Params,
                 device: torch.device) -> dict[str, float]:
     """Label-free scores of the selected model on the unlabelled real training images and source/val
     (:mod:`pipeline.metrics.label_free`); what the report picks a variant by."""
     from pipeline.metrics.label_free import label_free_scores
 
-    return label_free_scores(copy.deepcopy(model).to(device), _real_images(data, params, prepared), data.val,
-                             device, params.seed)
+    return label_free_scores(copy.deepcopy(model).to(device), real, data.val, device, params.seed)
 
 
 def _real_images(data: TrainData, params: Params, prepared: str | Path) -> ImageSet:
