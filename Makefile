@@ -13,7 +13,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# setuptools' "Editable installation" notice (about folders named like the package) is silenced
+	# by its message only; every other build warning still shows.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,8 +29,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+UI_PORT ?= 5000
 ui: $(STAMP)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --host 127.0.0.1 --port $(UI_PORT)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gan.py

@@ -10,6 +10,10 @@ from typing import Callable, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+class UserError(ValueError):
+    """A request a tool refuses for a reason the user can fix; the message alone is the whole report."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.checkpoint import CheckpointError
     from pipeline.config import ConfigError
@@ -19,7 +23,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.guards import NonFiniteLossError
 
     return (ConfigError, BadImageError, ManifestError, PrepareError, HeldOutLabelsError, CheckpointError,
-            NonFiniteLossError, FileNotFoundError)
+            NonFiniteLossError, FileNotFoundError, UserError)
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

@@ -38,7 +38,7 @@ OUT_DIR = Path("reports")
 PICK_KEY = "pick"                 # the one top-level entry of summary.json that is not a variant
 PICK_TAG = "sim2real.pick"        # MLflow tag on the report run and the parent run
 LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
-SUMMARY_LABEL_FREE = ("target_entropy", "target_im", "target_snd", "target_class_share_max")
+SUMMARY_LABEL_FREE = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
 COLLAPSE_SHARE = 0.5
 COLLAPSE_MIN_CLASSES = 3
 PICK_RULE = (f"max target_im among variants without target labels, except collapsed ones "
@@ -276,10 +276,66 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     return path
 
 
+def plot_curves(order: Sequence[str], train_dir: str | Path, path: str | Path,
+                column: str = "source_val_acc") -> Path:
+    """One line per variant: ``column`` of ``<train_dir>/<variant>/history.csv`` against the step.
+
+    The overlay DVC's CSV plots cannot draw when each variant has its own file and budget. Written
+    even when no history has the column (the figure then says so), since it is a declared output.
+    """
+    import csv
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    drawn = 0
+    for variant in order:
+        history = Path(train_dir) / variant / "history.csv"
+        if not history.is_file():
+            continue
+        with history.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if _score(_number(r.get(column))) is not None and r.get("step")]
+        if rows:
+            ax.plot([int(float(r["step"])) for r in rows], [float(r[column]) for r in rows], marker="o", label=variant)
+            drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, f"no {column} in any history.csv", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(column)
+    ax.set_title(f"{column} during training, per variant")
+    if drawn:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _number(text: Any) -> Any:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def write_accuracy_table(summary: Summary, path: str | Path) -> Path:
+    """``variant,accuracy,macro_f1`` rows: the data of DVC's bar plot comparing the variants."""
+    lines = ["variant,accuracy,macro_f1"]
+    cell = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731  (empty, not "n/a": DVC reads numbers)
+    lines += [f"{r.variant},{cell(r.accuracy)},{cell(r.macro_f1)}" for r in summary.rows]
+    write_text(path, "\n".join(lines) + "\n")
+    return Path(path)
+
+
 def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR, tracker=None,
                  order: Sequence[str] = (), train_dir: str | Path = TRAIN_DIR,
                  n_classes: Optional[int] = None) -> Summary:
-    """Write ``summary.json``, ``summary.md`` and ``summary.png`` and log them to the parent run.
+    """Write ``summary.json``, ``summary.md``, ``summary.png``, ``accuracy.csv`` and ``curves.png`` (the
+    variants' source-val accuracy during training) and log them to the report and parent runs.
 
     Label-free scores come from ``<train_dir>/<variant>/metrics.json``; ``n_classes`` (the number of
     classes of the data) decides whether :func:`pick_variant` checks for collapse.
@@ -290,6 +346,8 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     write_json(out / "summary.json", summary.as_json())
     write_text(out / "summary.md", to_markdown(summary))
     plot_summary(summary, out / "summary.png")
+    write_accuracy_table(summary, out / "accuracy.csv")
+    plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png")
     if tracker is not None:
         log_to_runs(tracker, summary, out)
     for note in summary.notes:
@@ -308,5 +366,5 @@ def log_to_runs(tracker, summary: Summary, out: Path) -> None:
             continue
         tracker.log_metrics(flat, run_id=run_id)
         tracker.set_tags({PICK_TAG: summary.pick or "none"}, run_id=run_id)
-        for name in ("summary.json", "summary.md", "summary.png"):
+        for name in ("summary.json", "summary.md", "summary.png", "accuracy.csv", "curves.png"):
             tracker.log_artifact(out / name, artifact_path="report", run_id=run_id)

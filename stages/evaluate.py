@@ -13,7 +13,7 @@ from typing import Sequence
 from pipeline import cli
 from pipeline.config import load_params
 from pipeline.distributed import resolve_device
-from pipeline.provenance import provenance
+from pipeline.provenance import execution, provenance
 from pipeline.task.evaluate import TARGET_TEST, evaluate_variant
 from pipeline.tracking import stage_run
 
@@ -31,9 +31,10 @@ def main(argv: Sequence[str]) -> None:
     params.variant(args.variant)
     device = resolve_device(params.task.device, "task.device")
     with stage_run("evaluate", params, args.variant) as tracker:
+        tracker.log_dataset(args.test, context="test")
         evaluate_variant(params, args.variant, Path(args.models) / args.variant,
                          Path(args.reports) / args.variant, tracker, test_dir=args.test, device=device)
-        tracker.log_dict(provenance(params, "evaluate", ("seed", "data"), variant=args.variant), "provenance.json")
+        tracker.log_dict(execution(provenance(params, "evaluate", ("seed", "data"), variant=args.variant)), "provenance.json")
 
 
 if __name__ == "__main__":

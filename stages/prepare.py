@@ -10,7 +10,7 @@ from pipeline import cli
 from pipeline.config import flatten, load_params
 from pipeline.data.prepare import prepare
 from pipeline.io import save_png, write_json
-from pipeline.provenance import provenance, write_provenance
+from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
@@ -26,7 +26,9 @@ def main(argv: Sequence[str]) -> None:
     params = load_params(args.params)
     with stage_run("prepare", params) as tracker:
         stats, preview = prepare(params, args.out)
-        write_provenance(args.out, provenance(params, "prepare", ("seed", "data")))
+        record = provenance(params, "prepare", ("seed", "data"))
+        write_provenance(args.out, record)
+        tracker.log_dict(execution(record), "provenance.json")
         write_json(f"{args.reports}/stats.json", stats)
         save_png(preview, f"{args.reports}/samples.png")
         tracker.log_metrics({k.replace("/", "."): v for k, v in flatten(stats["splits"]).items()

@@ -14,9 +14,9 @@ from typing import Sequence
 
 from pipeline import cli
 from pipeline.config import load_params
-from pipeline.provenance import provenance
+from pipeline.provenance import execution, provenance
 from pipeline.report import EVAL_DIR, OUT_DIR, TRAIN_DIR, write_report
-from pipeline.tracking import stage_run
+from pipeline.tracking import end_pipeline_run, stage_run
 
 
 def main(argv: Sequence[str]) -> None:
@@ -31,7 +31,9 @@ def main(argv: Sequence[str]) -> None:
     with stage_run("report", params) as tracker:
         write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
                      n_classes=len(params.data.classes))
-        tracker.log_dict(provenance(params, "report", ("variants", "data")), "provenance.json")
+        tracker.register_pipeline_models()     # "which model do I ship": stable names in the registry
+        tracker.log_dict(execution(provenance(params, "report", ("variants", "data"))), "provenance.json")
+    end_pipeline_run(params)                   # the report is the pipeline's last stage
     print((Path(args.out) / "summary.md").read_text(), end="")
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 from pipeline import cli
 from pipeline.config import load_params
 from pipeline.distributed import init_runtime, shutdown
+from pipeline.gan.export import load_generator
 from pipeline.gan.trainer import GanPaths, train_gan
 from pipeline.tracking import stage_run
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str]) -> None:
     runtime = init_runtime(params.gan.device, "gan.device")
     try:
         with stage_run("train_gan", params) as tracker:
+            tracker.log_dataset(f"{args.prepared}/source/train", context="train")
+            tracker.log_dataset(f"{args.prepared}/target/train", context="target")
             result = train_gan(params, args.prepared, args.task_model, paths, tracker, runtime)
             if runtime.is_main and result["generator"] is not None:
                 tracker.set_tags({"fingerprint": result["fingerprint"],
@@ -46,6 +49,7 @@ def main(argv: Sequence[str]) -> None:
                     tracker.log_artifact(paths.reports / name)
                 for name in ("generator.pt", "provenance.json"):
                     tracker.log_artifact(paths.models / name, "model")
+                tracker.log_model(load_generator(result["generator"])[0], "generator")
                 log.info("generator written to %s", result["generator"])
     finally:
         shutdown(runtime)

@@ -17,7 +17,7 @@ from pipeline import cli
 from pipeline.config import load_params
 from pipeline.distributed import init_runtime, shutdown
 from pipeline.io import atomic_directory
-from pipeline.provenance import provenance, write_provenance
+from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.task.train import FINGERPRINT_SECTIONS, export_task_model, train_task_model
 from pipeline.tracking import stage_run
 
@@ -28,6 +28,7 @@ def main(argv: Sequence[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.train_task", description=__doc__)
     ap.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", default="data/prepared", help="prepare's output (source/val, target/train)")
     ap.add_argument("--models", default="models/task")
     ap.add_argument("--checkpoints", default="checkpoints/task")
     ap.add_argument("--reports", default="reports/train")
@@ -38,14 +39,18 @@ def main(argv: Sequence[str]) -> None:
     runtime = init_runtime(params.task.device, "task.device")
     try:
         with stage_run("train_task", params, args.variant, {"method": variant.method}) as tracker:
+            tracker.log_dataset(variant.train, context="train")
+            tracker.log_dataset(f"{args.prepared}/source/val", context="validation")
+            tracker.log_dataset(f"{args.prepared}/target/train", context="target")
             result = train_task_model(params, args.variant, runtime, tracker,
                                       checkpoint_dir=Path(args.checkpoints) / args.variant,
-                                      reports_dir=Path(args.reports) / args.variant, log=log)
+                                      reports_dir=Path(args.reports) / args.variant, prepared=args.prepared, log=log)
             if runtime.is_main:
                 with atomic_directory(Path(args.models) / args.variant) as tmp:
                     export_task_model(result, tmp, tracker)
-                    write_provenance(tmp, provenance(params, "train_task", FINGERPRINT_SECTIONS + ("variants",),
-                                                     variant=args.variant, metrics=result.metrics))
+                    record = provenance(params, "train_task", FINGERPRINT_SECTIONS + ("variants",), variant=args.variant)
+                    write_provenance(tmp, record)
+                tracker.log_dict(execution(record), "provenance.json")
                 tracker.log_artifact(Path(args.reports) / args.variant / "history.csv")
     finally:
         shutdown(runtime)

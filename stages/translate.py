@@ -30,6 +30,7 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     with stage_run("translate", params) as tracker:
+        tracker.log_dataset(args.input, context="input")
         record = provenance(params, "translate", ("translate",), generator=args.generator, input=args.input)
         summary = translate_folder(args.generator, args.input, args.output, params.translate.batch_size,
                                    args.device, provenance=record)

@@ -93,6 +93,9 @@ def test_report_gap_closed_and_files(tmp_path):
     assert "| dann | 0.7000 | 0.6500 | 33.3% | no |" in md
     assert "| target_oracle | 0.9000 | 0.8500 | 100.0% | yes |" in md
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
+    # DVC's bar chart of the variants and the overlay of their training curves
+    assert (tmp_path / "accuracy.csv").read_text().splitlines()[0] == "variant,accuracy,macro_f1"
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG)
 
 
 def test_report_leaves_out_a_variant_removed_from_params(tmp_path, caplog):
@@ -110,7 +113,8 @@ def test_report_without_oracle_has_no_gap_and_says_why(tmp_path):
     assert any("target_oracle" in note for note in summary.notes)
     write_report(write_eval(tmp_path / "eval", {"dann": 0.7}), tmp_path, train_dir=tmp_path / "no-train")
     assert json.loads((tmp_path / "summary.json").read_text()) == \
-        {"dann": {"accuracy": 0.7, "macro_f1": pytest.approx(0.65), "gap_closed": None, "target_entropy": None,
+        {"dann": {"accuracy": 0.7, "macro_f1": pytest.approx(0.65), "gap_closed": None, "source_val_acc": None,
+                  "target_entropy": None,
                   "target_im": None, "target_snd": None, "target_class_share_max": None},
          "pick": {"variant": None, "rule": PICK_RULE}}
     assert "Note: gap closed needs the source_only and target_oracle" in (tmp_path / "summary.md").read_text()
@@ -192,7 +196,7 @@ def test_report_marks_the_pick_and_shows_n_a_for_older_runs(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["pick"] == {"variant": "dann", "rule": PICK_RULE}
     assert set(saved) == {"source_only", "translated", "dann", "target_oracle", "pick"}
-    assert set(saved["dann"]) == {"accuracy", "macro_f1", "gap_closed", "target_entropy", "target_im",
+    assert set(saved["dann"]) == {"accuracy", "macro_f1", "gap_closed", "source_val_acc", "target_entropy", "target_im",
                                   "target_snd", "target_class_share_max"}
     assert saved["dann"]["target_im"] == 1.1 and saved["dann"]["target_class_share_max"] == 0.35
     assert saved["translated"]["target_im"] is None and saved["translated"]["accuracy"] == 0.75
@@ -258,7 +262,9 @@ def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch
     report_run = runs[runs["tags.stage"] == "report"].iloc[0]
     assert report_run["tags.sim2real.pick"] == "source_only"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
-    assert artifacts == {"report/summary.json", "report/summary.md", "report/summary.png"}
+    assert artifacts == {f"report/{name}" for name in ("summary.json", "summary.md", "summary.png", "accuracy.csv",
+                                                       "curves.png")}
+    assert parent["status"] == "FINISHED"       # the report, the last stage, ends the pipeline's run
 
 
 # ------------------------------------------------------------------------------------------------

@@ -90,12 +90,43 @@ def test_interrupted_translation_leaves_no_output(tmp_path, generator_file):
         translate_folder(generator_file, source, tmp_path / "out", batch_size=2, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "in"]
 
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("previous result")
+    (source / "images" / "003.png").unlink()
+    write_manifest(source, [(f"images/{i:03d}.png", str(i)) for i in (0, 1, 2, 4)])
+    translate_folder(generator_file, source, tmp_path / "out", device="cpu")  # the previous result
+    before = snapshot(tmp_path / "out")
+    (source / "images" / "004.png").write_bytes(b"")  # breaks the rerun, in its second batch
     with pytest.raises(SystemExit) as exit_info:
-        main(["--generator", str(generator_file), "--input", str(source), "--output", str(tmp_path / "out")])
+        main(["--generator", str(generator_file), "--input", str(source), "--output", str(tmp_path / "out"),
+              "--batch-size", "2", "--device", "cpu"])
     assert exit_info.value.code == 2
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["old.txt"]
+    assert snapshot(tmp_path / "out") == before  # the earlier translation is left exactly as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt", "in", "out"]  # no temporary folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes: equal snapshots mean nothing was touched."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_replaces_its_own_earlier_output(tmp_path, generator_file):
+    source = labelled_folder(tmp_path / "in", ["0", "1", "2"])
+    translate_folder(generator_file, source, tmp_path / "out", device="cpu")
+    marker = json.loads((tmp_path / "out" / "translation.json").read_text())
+    assert marker["written_by"] == "sim2real-translate" and marker["images"] == 3
+
+    (source / "images" / "002.png").unlink()
+    write_manifest(source, [("images/000.png", "0"), ("images/001.png", "1")])
+    translate_folder(generator_file, source, tmp_path / "out", device="cpu")
+    assert sorted(snapshot(tmp_path / "out")) == ["images/000.png", "images/001.png", "manifest.csv",
+                                                  "translation.json"]  # nothing stale is kept
+
+
+def test_rerun_replaces_an_output_written_before_the_marker_existed(tmp_path, generator_file):
+    source = labelled_folder(tmp_path / "in", ["0", "1"])
+    translate_folder(generator_file, source, tmp_path / "out", device="cpu", provenance={"stage": "old"})
+    (tmp_path / "out" / "translation.json").unlink()  # what earlier versions of the tool left
+    translate_folder(generator_file, source, tmp_path / "out", device="cpu", provenance={"stage": "new"})
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["stage"] == "new"
 
 
 def test_heldout_split_is_refused(tmp_path, generator_file):

@@ -61,15 +61,15 @@ def run_dann(tmp: Path, job: str) -> dict[str, dict[str, torch.Tensor]]:
     stage.shutdown = lambda runtime: None  # see the module docstring
     captured, stage_train = [], stage.train_task_model
 
-    # stages.train_task has no --prepared option: give it the absolute prepared folder here.
-    def train_task_model(*args, **kwargs):
-        captured.append(stage_train(*args, prepared=tmp / "data" / "prepared", **kwargs))
+    def train_task_model(*args, **kwargs):   # keeps the result (the stage only exports it)
+        captured.append(stage_train(*args, **kwargs))
         return captured[-1]
 
     stage.train_task_model = train_task_model
     try:
         stage.main(["--variant", "dann", "--params", str(tmp / f"params-{job}.yaml"), "--models", f"models/{job}",
-                    "--checkpoints", f"checkpoints/{job}", "--reports", f"reports/{job}"])
+                    "--prepared", str(tmp / "data" / "prepared"), "--checkpoints", f"checkpoints/{job}",
+                    "--reports", f"reports/{job}"])
     finally:
         stage.train_task_model = stage_train
     result = captured[-1]

@@ -44,7 +44,7 @@ from pipeline.gan.networks import PatchDiscriminator, ResnetGenerator
 from pipeline.gan.pool import ImagePool
 from pipeline.guards import check_finite
 from pipeline.io import atomic_directory, save_png, write_json, write_table
-from pipeline.provenance import provenance, write_provenance
+from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.reproducibility import code_digest, content_digest, derive_seed, file_sha256, seed_everything, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -584,9 +584,11 @@ def train_gan(params: Params, prepared: str | Path = "data/prepared",
         result["samples"] = trainer.save_samples()
         with atomic_directory(paths.models) as tmp:
             trainer.export(tmp / GENERATOR_FILE, task_sha)
-            write_provenance(tmp, provenance(
-                params, "train_gan", FINGERPRINT_SECTIONS, fingerprint=fingerprint, task_model=str(task_model_path),
-                task_model_sha256=task_sha, resumed_from_epoch=trainer.resumed_from, metrics=metrics))
+            record = provenance(params, "train_gan", FINGERPRINT_SECTIONS, fingerprint=fingerprint,
+                                task_model=str(task_model_path), task_model_sha256=task_sha)
+            write_provenance(tmp, record)
+        if tracker is not None:
+            tracker.log_dict(execution({**record, "resumed_from_epoch": trainer.resumed_from}), "provenance.json")
         result["generator"] = Path(paths.models) / GENERATOR_FILE
     barrier(runtime)
     return result
