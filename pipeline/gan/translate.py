@@ -32,31 +32,17 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.checkpoint import CheckpointError, load_weights_only
+from pipeline.checkpoint import CheckpointError
 from pipeline.cli import UserError
 from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
 from pipeline.distributed import resolve_device
-from pipeline.gan.export import REQUIRED_META, load_generator
-from pipeline.gan.networks import ResnetGenerator
+from pipeline.gan.export import open_generator
+from pipeline.gan.output_folder import (MANIFEST_COLUMNS, PROVENANCE_NAME, TOOL, TRANSLATION_MARKER,
+                                        check_input_folder, check_paths, check_replaceable)
 from pipeline.io import atomic_directory, save_png, write_json
 
 log = logging.getLogger(__name__)
-
-TOOL = "sim2real-translate"
-TRANSLATION_MARKER = "translation.json"   # written into every output: what makes a folder this tool's own
-PROVENANCE_NAME = "provenance.json"
-MANIFEST_COLUMNS = ["path", "label", "source"]
-DESKTOP_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # file browsers drop these; never user data
-GENERATOR_KEYS = ("config", "state_dict", "meta")
-TASK_MODEL_CONFIG_KEYS = {"name", "num_classes"}  # what pipeline.task.export writes and a generator lacks
-EXPECTED_GENERATOR = (f"expected a generator exported by train_gan (models/gan/generator.pt): a torch file with keys "
-                      f"{', '.join(GENERATOR_KEYS)}, its meta holding {', '.join(REQUIRED_META)}")
-
-
-class TranslateError(UserError):
-    """A translation refused before it starts: paths that would overwrite or delete what the tool did not write."""
-
 
 class TranslationInputs(Dataset):
     """``(image tensor, index)`` for each input image; :meth:`describe` gives its output row."""
@@ -99,163 +85,6 @@ class TranslationInputs(Dataset):
         dataset = ImageSet(folder, classes, channels, size, labels=labelled)
         labels = [classes[e.label] if labelled else "" for e in dataset.entries]
         return cls([e.path for e in dataset.entries], labels, folder.resolve(), channels, size)
-
-
-def check_input_folder(folder: Path) -> None:
-    """``folder`` must be an existing folder; a file says it is one (a ``manifest.csv`` names its folder)."""
-    if folder.is_dir():
-        return
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder}: input folder not found")
-    hint = f"; pass the folder that holds it: {folder.parent}" if folder.name == MANIFEST_NAME else ""
-    raise TranslateError(f"--input {folder} exists but is a file, not a folder; it takes a folder of images "
-                         f"or a prepared split with {MANIFEST_NAME}{hint}")
-
-
-def check_paths(input_folder: Path, out_dir: Path) -> None:
-    """Refuse an output that is the input, lies inside it, or holds it (symlinks resolved).
-
-    The output folder is replaced whole, so an input inside it would be deleted; an output inside the
-    input would mix translations into the renders (and be read as input by the next run).
-    """
-    source, target = input_folder.resolve(), out_dir.resolve()
-    if target == source:
-        relation, harm = "is the --input folder", "writing there would replace the input images"
-    elif target.is_relative_to(source):
-        relation, harm = "lies inside the --input folder", "translations would be mixed into the input"
-    elif source.is_relative_to(target):
-        relation, harm = "holds the --input folder", "replacing the output folder would delete the input"
-    else:
-        return
-    resolved = str(source) if target == source else f"{target} and {source}"
-    raise TranslateError(f"--output {out_dir} {relation} {input_folder} (resolved: {resolved}); {harm}; "
-                         f"choose an output folder outside the input")
-
-
-def check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace anything but a missing or empty folder or an earlier output of this tool."""
-    if out_dir.is_symlink():
-        raise TranslateError(f"--output {out_dir} is a symbolic link (to {out_dir.resolve()}); refusing to replace "
-                             f"it: give the path of a real folder")
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise TranslateError(f"--output {out_dir} exists and is a file, not a folder; refusing to replace it")
-    files = files_below(out_dir)
-    if not files:
-        return
-    written = translation_files(out_dir)
-    if written is None:
-        raise TranslateError(f"--output {out_dir} already exists and was not written by {TOOL} (no "
-                             f"{TRANSLATION_MARKER}; it holds {count_and_examples(files)}); refusing to replace "
-                             f"it: choose a new output folder, or remove this one yourself")
-    foreign = [f for f in files if f not in written]
-    if foreign:
-        raise TranslateError(f"--output {out_dir} is an earlier translation but also holds files {TOOL} did not "
-                             f"write ({count_and_examples(foreign)}); refusing to replace it: move them out "
-                             f"or choose a new output folder")
-
-
-def files_below(folder: Path) -> list[str]:
-    """Every file and link below ``folder`` (relative POSIX paths, sorted), desktop litter left out."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if (p.is_symlink() or not p.is_dir()) and p.name not in DESKTOP_LITTER)
-
-
-def translation_files(folder: Path) -> Optional[set[str]]:
-    """The files an earlier run of this tool wrote into ``folder``, or None when none did.
-
-    A run leaves :data:`TRANSLATION_MARKER` (runs before it existed: a ``path,label,source`` manifest);
-    its files are that manifest, the marker, the provenance and every path the manifest lists.
-    """
-    try:
-        with (folder / MANIFEST_NAME).open(newline="") as fh:
-            rows = csv.reader(fh)
-            header = next(rows, None)
-            paths = {row[0] for row in rows if row}
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    if header != MANIFEST_COLUMNS and not (folder / TRANSLATION_MARKER).is_file():
-        return None
-    return paths | {MANIFEST_NAME, TRANSLATION_MARKER, PROVENANCE_NAME}
-
-
-def count_and_examples(names: Sequence[str], shown: int = 3) -> str:
-    """``"5 files, e.g. a.png, b.png, c.png"``: a short, printable account of ``names``."""
-    examples = ", ".join(printable(n) for n in names[:shown])
-    return f"{plural(len(names), 'file')}, e.g. {examples}"
-
-
-def plural(count: int, noun: str) -> str:
-    """``"1 file"``, ``"3 files"``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def printable(text: Any, limit: int = 60) -> str:
-    """``text`` on one line: non-printable characters replaced, long texts cut."""
-    text = "".join(c if c.isprintable() else "?" for c in str(text))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def open_generator(path: str | Path, device: torch.device) -> tuple[ResnetGenerator, dict[str, Any]]:
-    """:func:`load_generator`, but a file that is not an exported generator is one :class:`CheckpointError`
-    line saying what the file is and what was expected."""
-    path = Path(path)
-    problem = generator_problem(path)
-    if problem is not None:
-        raise CheckpointError(f"{path}: {problem}; {EXPECTED_GENERATOR}")
-    try:
-        return load_generator(path, device)
-    except CheckpointError:
-        raise
-    except (TypeError, KeyError, ValueError, RuntimeError) as exc:  # config or weights that do not fit
-        reason = printable(str(exc).strip().splitlines()[0] if str(exc).strip() else "", 160)
-        raise CheckpointError(f"{path}: its config and weights do not rebuild a ResnetGenerator "
-                              f"({type(exc).__name__}: {reason}); {EXPECTED_GENERATOR}") from None
-
-
-def generator_problem(path: Path) -> Optional[str]:
-    """Why ``path`` is not an exported generator (what the file is instead), or None when it looks like one."""
-    if path.is_dir():
-        return "is a folder, not a file"
-    try:
-        blob = load_weights_only(path)
-    except CheckpointError as exc:  # missing, unreadable, or refused: keep its reason, say what is expected
-        return str(exc).removeprefix(f"{path}: ").rsplit("; expected ", 1)[0]
-    return blob_problem(blob)
-
-
-def blob_problem(blob: Any) -> Optional[str]:
-    """What a loaded torch file holds when it is not an exported generator; None when it looks like one."""
-    if not isinstance(blob, dict):
-        return f"holds a {type(blob).__name__}, not a dict"
-    keys = key_list(blob)
-    if {"fingerprint", "rng"} <= set(blob):
-        return f"looks like a training checkpoint to resume from, not an exported model (keys: {keys})"
-    if blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        return f"looks like a bare state_dict ({plural(len(blob), 'tensor')}) without config and meta (keys: {keys})"
-    missing = [k for k in GENERATOR_KEYS if k not in blob]
-    if missing:
-        return f"is a dict without {', '.join(missing)} (keys: {keys})"
-    config, meta = blob["config"], blob["meta"]
-    if not isinstance(config, dict) or not isinstance(meta, dict):
-        return f"has a config or meta that is not a dict ({type(config).__name__}, {type(meta).__name__})"
-    if TASK_MODEL_CONFIG_KEYS & set(config) or "variant" in meta:
-        variant = f"; meta variant: {printable(meta['variant'])}" if "variant" in meta else ""
-        return f"looks like a task model checkpoint (keys: {keys}; config keys: {key_list(config)}{variant})"
-    lacking = [k for k in REQUIRED_META if k not in meta]
-    if lacking:
-        return f"is an export whose meta lacks {', '.join(lacking)} (meta keys: {key_list(meta)})"
-    sizes = {k: meta[k] for k in ("image_size", "channels")}
-    if not all(type(v) is int and v > 0 for v in sizes.values()):
-        return f"has a meta whose image_size and channels are not positive integers ({printable(sizes)})"
-    return None
-
-
-def key_list(mapping: dict, shown: int = 6) -> str:
-    """The first ``shown`` keys of ``mapping``, printable, with the count when there are more."""
-    names = ", ".join(printable(k, 40) for k in list(mapping)[:shown])
-    return names + (f", ... ({len(mapping)} in all)" if len(mapping) > shown else "")
 
 
 def relative(path: Path, root: Path) -> str:
@@ -317,7 +146,7 @@ def write_translations(generator: torch.nn.Module, loader: DataLoader, inputs: T
     device = next(generator.parameters()).device
     with (folder / MANIFEST_NAME).open("w", newline="") as fh, torch.inference_mode():
         rows = csv.writer(fh)
-        rows.writerow(["path", "label", "source"])
+        rows.writerow(MANIFEST_COLUMNS)
         for x, index in loader:
             images = to_uint8(generator(x.to(device, non_blocking=True)))
             for image, i in zip(images, index.tolist()):
