@@ -10,11 +10,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup repro test test-fast ui bench seeds ablate
 
+# The install silences setuptools' "Editable installation" notice (about folders named like the
+# package) by its message only; every other build warning still shows.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# setuptools' "Editable installation" notice (about folders named like the package) is silenced
-	# by its message only; every other build warning still shows.
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
