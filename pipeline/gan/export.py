@@ -41,7 +41,11 @@ def export_generator(path: str | Path, generator: nn.Module, meta: dict[str, Any
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, dict[str, Any]]:
     """Rebuild the exported generator in eval mode on ``device``; returns ``(generator, meta)``."""
-    blob = load_weights_only(path)
+    return _rebuild(path, load_weights_only(path), device)
+
+
+def _rebuild(path: str | Path, blob: Any, device: str | torch.device) -> tuple[ResnetGenerator, dict[str, Any]]:
+    """The generator and meta held by ``blob``, the loaded contents of ``path``."""
     if not isinstance(blob, dict) or not set(GENERATOR_KEYS) <= set(blob):
         raise CheckpointError(f"{path}: not an exported sim2real generator (expected config, state_dict, meta)")
     missing = [k for k in REQUIRED_META if k not in blob["meta"]]
@@ -53,31 +57,27 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 
 def open_generator(path: str | Path, device: torch.device) -> tuple[ResnetGenerator, dict[str, Any]]:
-    """:func:`load_generator`, but a file that is not an exported generator is one :class:`CheckpointError`
-    line saying what the file is and what was expected."""
+    """:func:`load_generator` (reading the file once), but a file that is not an exported generator is
+    one :class:`CheckpointError` line saying what the file is and what was expected."""
     path = Path(path)
-    problem = generator_problem(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a file; {EXPECTED_GENERATOR}")
+    try:
+        blob = load_weights_only(path)
+    except CheckpointError as exc:  # missing, unreadable, or refused: keep its reason, say what is expected
+        reason = str(exc).removeprefix(f"{path}: ").rsplit("; expected ", 1)[0]
+        raise CheckpointError(f"{path}: {reason}; {EXPECTED_GENERATOR}") from None
+    problem = blob_problem(blob)
     if problem is not None:
         raise CheckpointError(f"{path}: {problem}; {EXPECTED_GENERATOR}")
     try:
-        return load_generator(path, device)
+        return _rebuild(path, blob, device)
     except CheckpointError:
         raise
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:  # config or weights that do not fit
         reason = printable(str(exc).strip().splitlines()[0] if str(exc).strip() else "", 160)
         raise CheckpointError(f"{path}: its config and weights do not rebuild a ResnetGenerator "
                               f"({type(exc).__name__}: {reason}); {EXPECTED_GENERATOR}") from None
-
-
-def generator_problem(path: Path) -> Optional[str]:
-    """Why ``path`` is not an exported generator (what the file is instead), or None when it looks like one."""
-    if path.is_dir():
-        return "is a folder, not a file"
-    try:
-        blob = load_weights_only(path)
-    except CheckpointError as exc:  # missing, unreadable, or refused: keep its reason, say what is expected
-        return str(exc).removeprefix(f"{path}: ").rsplit("; expected ", 1)[0]
-    return blob_problem(blob)
 
 
 def blob_problem(blob: Any) -> Optional[str]:
