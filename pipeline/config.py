@@ -57,6 +57,19 @@ class RenderParams:
 
 
 @dataclass(frozen=True)
+class SceneParams:
+    """The built-in detection scenario (``task.kind: detection`` with the ``digits`` formats): canvases
+    of ``data.image_size`` pixels holding several digits of random size and position."""
+
+    train_count: int = 3000          # rendered (synthetic) training canvases
+    val_count: int = 500             # rendered validation canvases
+    real_train_count: int = 1200     # real canvases (scans on photo crops) for training, labels used by target_oracle only
+    real_test_count: int = 500       # real held-out test canvases (their own scans and photo regions)
+    objects: tuple[int, int] = (1, 3)          # digits per canvas, [min, max]
+    object_size: tuple[float, float] = (0.3, 0.55)  # digit height as a fraction of the canvas, [min, max]
+
+
+@dataclass(frozen=True)
 class DataParams:
     image_size: int
     channels: int
@@ -67,6 +80,7 @@ class DataParams:
     preload_mb: int = 2048       # training decodes a split into memory once when it fits; else it streams
     max_image_pixels: int = 40_000_000  # width x height above which an image is refused undecoded
     render: RenderParams = field(default_factory=RenderParams)
+    scene: SceneParams = field(default_factory=SceneParams)
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,19 @@ class OptimizerParams:
 
 
 @dataclass(frozen=True)
+class DetectorParams:
+    """The detector of ``task.kind: detection`` (torchvision, ``weights=None``, a small backbone)."""
+
+    architecture: Literal["fcos", "retinanet"] = "fcos"
+    width: int = 16                  # backbone base width (channels double at each of its stages)
+    score_threshold: float = 0.05    # detections below this score are dropped before NMS
+    nms_threshold: float = 0.5
+    detections_per_image: int = 20
+
+
+@dataclass(frozen=True)
 class TaskParams:
+    kind: Literal["classification", "detection"] = "classification"
     model: str = "small_cnn"
     width: int = 32
     steps: int = 1500         # optimiser steps: the budget does not depend on the size of the training set
@@ -143,6 +169,7 @@ class TaskParams:
     schedule: Literal["cosine", "constant"] = "cosine"
     select: Literal["source_val", "last"] = "last"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    detector: DetectorParams = field(default_factory=DetectorParams)
 
 
 @dataclass(frozen=True)
@@ -182,8 +209,10 @@ class Params:
 # Value checks: (dotted key, predicate, what was expected)
 # --------------------------------------------------------------------------------------------
 
-_FORMATS_SOURCE = ("digits", "imagefolder", "manifest")
-_FORMATS_TARGET = ("digits", "imagefolder", "manifest", "folder")
+_FORMATS_SOURCE = ("digits", "imagefolder", "manifest", "coco")
+_FORMATS_TARGET = ("digits", "imagefolder", "manifest", "folder", "coco")
+_FORMATS_OF_KIND = {"classification": ("digits", "imagefolder", "manifest", "folder"),
+                    "detection": ("digits", "coco", "folder")}
 
 
 def _validate(p: Params) -> None:
@@ -230,6 +259,17 @@ def _validate(p: Params) -> None:
         ("task.batch_size", p.task.batch_size > 0, "a positive integer"),
         ("task.optimizer.lr", p.task.optimizer.lr > 0, "a positive number"),
         ("task.optimizer.weight_decay", p.task.optimizer.weight_decay >= 0, "a non-negative number"),
+        ("task.detector.width", p.task.detector.width > 0, "a positive integer"),
+        ("task.detector.score_threshold", 0 <= p.task.detector.score_threshold < 1, "a number in [0, 1)"),
+        ("task.detector.nms_threshold", 0 < p.task.detector.nms_threshold <= 1, "a number in (0, 1]"),
+        ("task.detector.detections_per_image", p.task.detector.detections_per_image > 0, "a positive integer"),
+        ("data.scene.train_count", d.scene.train_count > 0, "a positive integer"),
+        ("data.scene.val_count", d.scene.val_count > 0, "a positive integer"),
+        ("data.scene.real_train_count", d.scene.real_train_count > 0, "a positive integer"),
+        ("data.scene.real_test_count", d.scene.real_test_count > 0, "a positive integer"),
+        ("data.scene.objects", 1 <= d.scene.objects[0] <= d.scene.objects[1], "[min, max] with 1 <= min <= max"),
+        ("data.scene.object_size", 0 < d.scene.object_size[0] <= d.scene.object_size[1] <= 1,
+         "[min, max] fractions of the canvas with 0 < min <= max <= 1"),
     ]
     for name, value in dataclasses.asdict(p.gan.weights).items():
         checks.append((f"gan.weights.{name}", value >= 0, "a non-negative number (0 turns the term off)"))
@@ -241,6 +281,11 @@ def _validate(p: Params) -> None:
             raise ConfigError(f"{key}: expected {expected}, got {_lookup(p.raw, key)!r}")
 
     for side, src in (("source", d.source), ("target", d.target)):
+        if src.format not in _FORMATS_OF_KIND[p.task.kind]:
+            raise ConfigError(f"data.{side}.format: {src.format!r} does not hold what task.kind {p.task.kind!r} "
+                              f"needs; expected one of {_FORMATS_OF_KIND[p.task.kind]}")
+        if src.format == "coco" and src.root and not Path(src.root).is_file():
+            raise ConfigError(f"data.{side}.root: expected a COCO JSON file for format 'coco', got {src.root!r}")
         if src.format != "digits":
             if not src.root:
                 raise ConfigError(f"data.{side}.root: expected a path for format {src.format!r}, got nothing")
@@ -250,7 +295,7 @@ def _validate(p: Params) -> None:
             raise ConfigError(f"data.{side}.test_root: {src.test_root!r} does not exist")
     if d.target.format == "folder" and not d.target.test_root:
         raise ConfigError("data.target.test_root: a flat unlabelled target folder needs a labelled test set "
-                          "(an imagefolder folder or a manifest CSV)")
+                          "(an imagefolder folder or a manifest CSV; a COCO JSON file for detection)")
     if (d.source.format == "digits") != (d.target.format == "digits"):
         raise ConfigError("data.source.format / data.target.format: the built-in 'digits' scenario needs both "
                           "sides set to 'digits'")
@@ -282,6 +327,10 @@ def _validate_method(p: Params, name: str, v: VariantParams) -> None:
     from pipeline import methods
 
     params = methods.parse_params(v.method, v.params, f"variants.{name}.params")
+    kinds = methods.get(v.method).kinds
+    if p.task.kind not in kinds:
+        raise ConfigError(f"variants.{name}.method: {v.method!r} works for task.kind {' or '.join(kinds)}, not "
+                          f"{p.task.kind!r}; remove variants.{name} or choose another method")
     pipelines = sorted(p.augment)
     if v.augment not in p.augment:
         raise ConfigError(f"variants.{name}.augment: {v.augment!r} is not a pipeline of 'augment'; "

@@ -37,6 +37,7 @@ TRAIN_DIR = Path("reports/train")
 OUT_DIR = Path("reports")
 PICK_KEY = "pick"                 # the one top-level entry of summary.json that is not a variant
 PICK_TAG = "sim2real.pick"        # MLflow tag on the report run and the parent run
+SCORES_FILE = "scores.csv"        # DVC's bar plot of the variants
 LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
 SUMMARY_LABEL_FREE = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
 COLLAPSE_SHARE = 0.5
@@ -246,8 +247,11 @@ def label_free_markdown(summary: Summary) -> list[str]:
     return lines
 
 
-def plot_summary(summary: Summary, path: str | Path) -> Path:
-    """Grouped bars of accuracy and macro-F1 per variant (hatched: uses target labels)."""
+BARS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))   # (Row attribute, label) of the summary figure
+
+
+def plot_summary(summary: Summary, path: str | Path, bars: Sequence[tuple[str, str]] = BARS) -> Path:
+    """Grouped bars of two scores per variant (accuracy and macro-F1; hatched: uses target labels)."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -257,7 +261,7 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     fig = Figure(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for offset, key, label in ((-0.2, "accuracy", "accuracy"), (0.2, "macro_f1", "macro-F1")):
+    for offset, (key, label) in zip((-0.2, 0.2), bars):
         values = [getattr(r, key) or 0.0 for r in summary.rows]
         bars = ax.bar(x + offset, values, width=0.4, label=label)
         for bar, row in zip(bars, summary.rows):
@@ -322,11 +326,14 @@ def _number(text: Any) -> Any:
         return None
 
 
-def write_accuracy_table(summary: Summary, path: str | Path) -> Path:
-    """``variant,accuracy,macro_f1`` rows: the data of DVC's bar plot comparing the variants."""
-    lines = ["variant,accuracy,macro_f1"]
+def write_score_table(summary: Summary, path: str | Path, bars: Sequence[tuple[str, str]] = BARS) -> Path:
+    """``variant,score,<first>,<second>`` rows (``score`` is the first: accuracy, or mAP@.5 for detection):
+    the data of DVC's bar plot comparing the variants, whatever the task kind."""
+    keys = [key for key, _ in bars]
+    lines = [",".join(["variant", "score", *keys])]
     cell = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731  (empty, not "n/a": DVC reads numbers)
-    lines += [f"{r.variant},{cell(r.accuracy)},{cell(r.macro_f1)}" for r in summary.rows]
+    lines += [",".join([r.variant, cell(getattr(r, keys[0])), *(cell(getattr(r, k)) for k in keys)])
+              for r in summary.rows]
     write_text(path, "\n".join(lines) + "\n")
     return Path(path)
 
@@ -334,7 +341,7 @@ def write_accuracy_table(summary: Summary, path: str | Path) -> Path:
 def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR, tracker=None,
                  order: Sequence[str] = (), train_dir: str | Path = TRAIN_DIR,
                  n_classes: Optional[int] = None) -> Summary:
-    """Write ``summary.json``, ``summary.md``, ``summary.png``, ``accuracy.csv`` and ``curves.png`` (the
+    """Write ``summary.json``, ``summary.md``, ``summary.png``, ``scores.csv`` and ``curves.png`` (the
     variants' source-val accuracy during training) and log them to the report and parent runs.
 
     Label-free scores come from ``<train_dir>/<variant>/metrics.json``; ``n_classes`` (the number of
@@ -346,7 +353,7 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     write_json(out / "summary.json", summary.as_json())
     write_text(out / "summary.md", to_markdown(summary))
     plot_summary(summary, out / "summary.png")
-    write_accuracy_table(summary, out / "accuracy.csv")
+    write_score_table(summary, out / SCORES_FILE)
     plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png")
     if tracker is not None:
         log_to_runs(tracker, summary, out)
@@ -366,5 +373,5 @@ def log_to_runs(tracker, summary: Summary, out: Path) -> None:
             continue
         tracker.log_metrics(flat, run_id=run_id)
         tracker.set_tags({PICK_TAG: summary.pick or "none"}, run_id=run_id)
-        for name in ("summary.json", "summary.md", "summary.png", "accuracy.csv", "curves.png"):
+        for name in ("summary.json", "summary.md", "summary.png", SCORES_FILE, "curves.png"):
             tracker.log_artifact(out / name, artifact_path="report", run_id=run_id)

@@ -9,6 +9,7 @@ from typing import Sequence
 from pipeline import cli
 from pipeline.config import flatten, load_params
 from pipeline.data.prepare import prepare
+from pipeline.data.prepare_detection import prepare_detection
 from pipeline.io import save_png, write_json
 from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.tracking import stage_run
@@ -25,8 +26,8 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     with stage_run("prepare", params) as tracker:
-        stats, preview = prepare(params, args.out)
-        record = provenance(params, "prepare", ("seed", "data"))
+        stats, preview = (prepare_detection if params.task.kind == "detection" else prepare)(params, args.out)
+        record = provenance(params, "prepare", ("seed", "data", "task"))
         write_provenance(args.out, record)
         tracker.log_dict(execution(record), "provenance.json")
         write_json(f"{args.reports}/stats.json", stats)

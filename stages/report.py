@@ -14,6 +14,7 @@ from typing import Sequence
 
 from pipeline import cli
 from pipeline.config import load_params
+from pipeline.detection.report import write_detection_report
 from pipeline.provenance import execution, provenance
 from pipeline.report import EVAL_DIR, OUT_DIR, TRAIN_DIR, write_report
 from pipeline.tracking import end_pipeline_run, stage_run
@@ -29,10 +30,13 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     with stage_run("report", params) as tracker:
-        write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
-                     n_classes=len(params.data.classes))
+        if params.task.kind == "detection":
+            write_detection_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train)
+        else:
+            write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
+                         n_classes=len(params.data.classes))
         tracker.register_pipeline_models()     # "which model do I ship": stable names in the registry
-        tracker.log_dict(execution(provenance(params, "report", ("variants", "data"))), "provenance.json")
+        tracker.log_dict(execution(provenance(params, "report", ("variants", "data", "task"))), "provenance.json")
     end_pipeline_run(params)                   # the report is the pipeline's last stage
     print((Path(args.out) / "summary.md").read_text(), end="")
 

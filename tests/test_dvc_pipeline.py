@@ -98,6 +98,6 @@ def test_tiny_dvc_repro_of_all_stages(tmp_path, default_raw):
     plots = _dvc(repo, "plots", "show", "--json")
     assert plots.returncode == 0, plots.stderr[-2000:]
     shown = json.loads(plots.stdout)["data"]
-    for name in ("reports/curves.png", "reports/summary.png", "reports/accuracy.csv", "gan_losses",
+    for name in ("reports/curves.png", "reports/summary.png", "reports/scores.csv", "gan_losses",
                  "reports/train/dann/history.csv"):
         assert any(name in key for key in shown), (name, list(shown))

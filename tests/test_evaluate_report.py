@@ -94,7 +94,7 @@ def test_report_gap_closed_and_files(tmp_path):
     assert "| target_oracle | 0.9000 | 0.8500 | 100.0% | yes |" in md
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
     # DVC's bar chart of the variants and the overlay of their training curves
-    assert (tmp_path / "accuracy.csv").read_text().splitlines()[0] == "variant,accuracy,macro_f1"
+    assert (tmp_path / "scores.csv").read_text().splitlines()[0] == "variant,score,accuracy,macro_f1"
     assert (tmp_path / "curves.png").read_bytes().startswith(PNG)
 
 
@@ -262,7 +262,7 @@ def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch
     report_run = runs[runs["tags.stage"] == "report"].iloc[0]
     assert report_run["tags.sim2real.pick"] == "source_only"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
-    assert artifacts == {f"report/{name}" for name in ("summary.json", "summary.md", "summary.png", "accuracy.csv",
+    assert artifacts == {f"report/{name}" for name in ("summary.json", "summary.md", "summary.png", "scores.csv",
                                                        "curves.png")}
     assert parent["status"] == "FINISHED"       # the report, the last stage, ends the pipeline's run
 

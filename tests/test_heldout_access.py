@@ -15,7 +15,8 @@ from pipeline.task.train import train_task_model
 from tinydata import CLASSES, SIZE, RecordingTracker, tiny_params, tiny_prepared, write_split
 
 REPO = Path(__file__).resolve().parents[1]
-ALLOWED = {"pipeline/data/manifest.py", "pipeline/task/evaluate.py"}
+ALLOWED = {"pipeline/data/manifest.py", "pipeline/task/evaluate.py",       # the guards and their one caller
+           "pipeline/data/coco.py", "pipeline/data/detection_set.py"}
 GUARDED = re.compile(r"\b(heldout_test_set|_allow_heldout)\b")
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from pipeline import methods
 from pipeline.methods.base import MethodContext, StepBatch
 from pipeline.methods.self_training import align_distribution, ramp_weight
+from pipeline.task.kinds import KINDS
 
 
 class LinearNet(nn.Module):
@@ -40,7 +41,7 @@ def train(method_name: str, raw_params: dict, steps: int = 400) -> float:
     xt, yt = blobs(512, 1.6, g)          # the source boundary x = 0 cuts through the target's class-0 blob
     net = LinearNet()
     cls = methods.get(method_name)
-    method = cls(methods.parse_params(method_name, raw_params, "params"), MethodContext(2, 2, torch.device("cpu")))
+    method = cls(methods.parse_params(method_name, raw_params, "params"), MethodContext(2, 2, torch.device("cpu"), KINDS["classification"]))
     optimizer = torch.optim.Adam([*net.parameters(), *(p for m in method.modules().values() for p in m.parameters())],
                                  lr=0.05)
     for step in range(steps):
@@ -80,7 +81,7 @@ def test_dann_makes_the_domains_indistinguishable_in_feature_space():
     torch.manual_seed(0)
     net = FeatureNet()
     method = methods.get("dann")(methods.parse_params("dann", {"hidden": 16}, "params"),
-                                 MethodContext(2, 4, torch.device("cpu")))
+                                 MethodContext(2, 4, torch.device("cpu"), KINDS["classification"]))
     g = torch.Generator().manual_seed(1)
     xs, ys = blobs(512, 0.0, g)
     xt, _ = blobs(512, 6.0, g)

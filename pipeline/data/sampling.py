@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -20,9 +21,10 @@ class DomainSampler:
     """
 
     def __init__(self, dataset: Dataset, name: str, batch_size: int, steps: int, seed: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, collate: Optional[Callable[[list], tuple]] = None):
         self.dataset, self.name, self.batch_size, self.steps = dataset, name, batch_size, steps
         self.seed, self.rank, self.world = seed, rank, world
+        self.collate = collate or stack_items
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """``(steps, batch_size // world)`` dataset indices for this rank in ``epoch``."""
@@ -31,6 +33,11 @@ class DomainSampler:
                  for k in range(math.ceil(need / n))]
         return torch.cat(perms)[:need].view(self.steps, self.batch_size)[:, self.rank::self.world]
 
-    def load(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.dataset[i] for i in indices.tolist()]
-        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    def load(self, indices: torch.Tensor) -> tuple:
+        """The items at ``indices``, collated (default: stacked images and a tensor of labels)."""
+        return self.collate([self.dataset[i] for i in indices.tolist()])
+
+
+def stack_items(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(image, label), ...] -> (images (N, C, H, W), labels (N,))``."""
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -12,15 +12,18 @@ Every number answers one question about the balance between generators and discr
   quantity the penalty wants at most 1.
   Computed here even when the penalty is off, so runs with and without it compare.
 * ``task/acc_source_val`` vs ``task/acc_translated_val``: accuracy of the frozen task model on
-  source/val and on its translation; a drop means G changes the digit.
+  source/val and on its translation; a drop means G changes the digit (``task/map50_*``, its mAP@.5,
+  for detection: G moves, removes or changes objects).
 * ``copy/l1_source_translated``: mean |x - G(x)| on source/val; near 0 means G copies its input.
 * ``gap/fd_*`` and ``gap/pad_*``: Fréchet distance and proxy A-distance to real target images in
   the task model's feature space, for G(source/val) and (baseline) raw source/val.
+
+What a label, a score and a feature are comes from the task kind (:mod:`pipeline.task.kinds`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,17 +34,17 @@ from pipeline.data.manifest import to_uint8
 from pipeline.gan.losses import interpolate_gradient_norms, lipschitz_pairs, similarity_loss
 from pipeline.io import image_grid
 from pipeline.metrics.domain_gap import frechet_distance, proxy_a_distance
-from pipeline.task.models import extract_features
+from pipeline.task.kinds import KINDS, TaskKind
 
 EVAL_BATCH = 256
 GRID_COLUMNS = 8
 
 
-def load_subset(dataset: Dataset, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def load_subset(dataset: Dataset, count: int, generator: torch.Generator,
+                kind: TaskKind = KINDS["classification"]) -> tuple[torch.Tensor, Any]:
     """``count`` images (all when fewer) drawn without replacement by ``generator``: (images, labels)."""
     order = torch.randperm(len(dataset), generator=generator)[:count].tolist()
-    items = [dataset[i] for i in order]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    return kind.collate([dataset[i] for i in order])
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = EVAL_BATCH) -> torch.Tensor:
@@ -76,18 +79,19 @@ class BalanceDiagnostics:
     """
 
     def __init__(self, task_model: nn.Module, source_val: Dataset, target: Dataset, mode: str,
-                 interpolation: str, samples: int, seed: int, device: torch.device):
-        self.task_model, self.mode, self.interpolation = task_model, mode, interpolation
+                 interpolation: str, samples: int, seed: int, device: torch.device,
+                 kind: TaskKind = KINDS["classification"]):
+        self.task_model, self.mode, self.interpolation, self.kind = task_model, mode, interpolation, kind
         self.threshold = 0.5 if mode == "lsgan" else 0.0
         self.seed, self.device = seed, device
-        source, labels = load_subset(source_val, samples, _seeded(seed))
-        real, _ = load_subset(target, samples, _seeded(seed + 1))
-        self.source, self.labels, self.real = source.to(device), labels.to(device), real.to(device)
+        source, labels = load_subset(source_val, samples, _seeded(seed), kind)
+        real, _ = load_subset(target, samples, _seeded(seed + 1), kind)
+        self.source, self.labels, self.real = source.to(device), kind.to_device(labels, device), real.to(device)
         with torch.no_grad():
             self.real_features = self.features(self.real)
             source_features = self.features(self.source)
             self.baseline = {
-                "task/acc_source_val": self.task_accuracy(self.source),
+                f"task/{kind.short_score}_source_val": self.task_accuracy(self.source),
                 "gap/fd_source_real": frechet_distance(source_features, self.real_features),
                 "gap/pad_source_real": proxy_a_distance(source_features, self.real_features, seed=seed),
             }
@@ -95,11 +99,11 @@ class BalanceDiagnostics:
     # -- measurements --------------------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> np.ndarray:
-        return batched(lambda b: extract_features(self.task_model, b), x).double().cpu().numpy()
+        return batched(lambda b: self.kind.gap_features(self.task_model, b), x).double().cpu().numpy()
 
     def task_accuracy(self, x: torch.Tensor) -> float:
-        predictions = batched(self.task_model, x).argmax(dim=1)
-        return float((predictions == self.labels).float().mean())
+        """The frozen task model's score on ``x`` with the labels of the source subset."""
+        return self.kind.task_score(self.task_model, x, self.labels)
 
     def discriminator_accuracy(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
         return {"acc_real": float((critic_scores(critic, real) > self.threshold).float().mean()),
@@ -123,7 +127,7 @@ class BalanceDiagnostics:
                 translated = batched(G, self.source)
                 back = batched(F, self.real)
                 metrics = dict(self.baseline)
-                metrics["task/acc_translated_val"] = self.task_accuracy(translated)
+                metrics[f"task/{self.kind.short_score}_translated_val"] = self.task_accuracy(translated)
                 metrics["copy/l1_source_translated"] = float(similarity_loss(self.source, translated))
                 translated_features = self.features(translated)
                 metrics["gap/fd_translated_real"] = frechet_distance(translated_features, self.real_features)

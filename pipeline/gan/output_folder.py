@@ -19,6 +19,7 @@ from pipeline.messages import count_and_examples
 TOOL = "sim2real-translate"
 TRANSLATION_MARKER = "translation.json"   # written into every output: what makes a folder this tool's own
 PROVENANCE_NAME = "provenance.json"
+ANNOTATIONS_NAME = "annotations.json"       # the boxes of a detection split, carried over unchanged
 MANIFEST_COLUMNS = ["path", "label", "source"]
 DESKTOP_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # file browsers drop these; never user data
 
@@ -103,4 +104,4 @@ def translation_files(folder: Path) -> Optional[set[str]]:
         return None
     if header != MANIFEST_COLUMNS and not (folder / TRANSLATION_MARKER).is_file():
         return None
-    return paths | {MANIFEST_NAME, TRANSLATION_MARKER, PROVENANCE_NAME}
+    return paths | {MANIFEST_NAME, TRANSLATION_MARKER, PROVENANCE_NAME, ANNOTATIONS_NAME}

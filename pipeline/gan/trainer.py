@@ -29,23 +29,25 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, GanParams, Params
-from pipeline.data.manifest import ImageSet, preload_within
+from pipeline.data.manifest import preload_within
 from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, wrap
 from pipeline.gan.diagnostics import BalanceDiagnostics
 from pipeline.gan.export import GENERATOR_FILE, export_generator
 from pipeline.gan.losses import (adversarial_loss, cycle_loss, discriminator_loss, freeze, identity_loss,
-                                 lipschitz_pairs, lipschitz_penalty, similarity_loss, task_loss)
+                                 lipschitz_pairs, lipschitz_penalty, similarity_loss)
 from pipeline.gan.networks import PatchDiscriminator, ResnetGenerator
 from pipeline.gan.pool import ImagePool
 from pipeline.guards import check_finite
 from pipeline.io import atomic_directory, save_png, write_json, write_table
 from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.reproducibility import code_digest, content_digest, derive_seed, file_sha256, seed_everything, seeded_generator
+from pipeline.task.kinds import KINDS, TaskKind, task_kind
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,8 @@ class CycleGan:
     """
 
     def __init__(self, gan: GanParams, channels: int, task_model: nn.Module, precision: Precision,
-                 seed: int, runtime: Optional[Runtime] = None):
-        self.gan, self.weights, self.precision = gan, gan.weights, precision
+                 seed: int, runtime: Optional[Runtime] = None, kind: TaskKind = KINDS["classification"]):
+        self.gan, self.weights, self.precision, self.kind = gan, gan.weights, precision, kind
         self.runtime = runtime or Runtime(precision.device)
         self.task_model = freeze(task_model.to(precision.device))
         self.nets = Networks.build(gan, channels)
@@ -205,10 +207,12 @@ class CycleGan:
 
     # -- one iteration ---------------------------------------------------------------------------
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One update of G and F, then of both discriminators, on a source batch ``x`` (with class
-        ``labels``) and a real batch ``y``. Returns the detached loss terms (unweighted) and totals."""
-        x, y, labels = self.precision.tensor(x), self.precision.tensor(y), labels.to(self.precision.device)
+    def train_step(self, x: torch.Tensor, labels: Any, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update of G and F, then of both discriminators, on a source batch ``x`` (with its
+        ``labels``: class indices, or box dicts for detection) and a real batch ``y``. Returns the
+        detached loss terms (unweighted) and totals."""
+        x, y = self.precision.tensor(x), self.precision.tensor(y)
+        labels = self.kind.to_device(labels, self.precision.device)
         g_terms, fake_y, fake_x = self.generator_step(x, labels, y)
         d_terms = self.discriminator_step(x, y, fake_y, fake_x)
         if self.scaler is not None:
@@ -235,7 +239,7 @@ class CycleGan:
         if w.similarity:
             terms["similarity"] = similarity_loss(x, fake_y)
         if w.task:
-            terms["task"] = task_loss(self.task_model, x, fake_y, labels)
+            terms["task"] = self.kind.gan_task_loss(self.task_model, x, fake_y, labels)
         return terms, fake_y, fake_x
 
     def generator_step(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor
@@ -320,17 +324,17 @@ class CycleGan:
 
 @dataclass
 class GanData:
-    source: ImageSet       # source/train, labelled (the task loss needs the labels)
-    target: ImageSet       # target/train, read without labels
-    source_val: ImageSet   # source/val, labelled (diagnostics only)
+    source: Dataset        # source/train, labelled (the task loss needs the labels)
+    target: Dataset        # target/train, read without labels
+    source_val: Dataset    # source/val, labelled (diagnostics only)
 
     @classmethod
     def from_prepared(cls, prepared: str | Path, params: Params) -> "GanData":
         """The three splits, each decoded into memory once while they fit ``data.preload_mb``
         (the rest streams from disk), so training steps do not pay for PNG decoding."""
-        root, d = Path(prepared), params.data
-        def split(rel: str, labels: bool) -> ImageSet:
-            return ImageSet(root / rel, d.classes, d.channels, d.image_size, labels=labels)
+        root, d, kind = Path(prepared), params.data, task_kind(params)
+        def split(rel: str, labels: bool) -> Dataset:
+            return kind.dataset(root / rel, params, labels=labels)
         data = cls(split("source/train", True), split("target/train", False), split("source/val", True))
         preload_within((data.source, data.target, data.source_val), d.preload_mb * 2**20)
         return data
@@ -363,15 +367,18 @@ class GanTrainer:
                               f"{self.runtime.world_size} torchrun processes")
         seed_everything(params.seed)
         precision = Precision(self.runtime.device, gan.amp, gan.channels_last)
-        self.model = CycleGan(gan, params.data.channels, task_model, precision, params.seed, self.runtime)
+        kind = self.kind = task_kind(params)
+        self.model = CycleGan(gan, params.data.channels, task_model, precision, params.seed, self.runtime, kind)
         rank, world = self.runtime.rank, self.runtime.world_size
-        self.source = DomainSampler(data.source, "source", gan.batch_size, gan.steps_per_epoch, params.seed, rank, world)
-        self.target = DomainSampler(data.target, "target", gan.batch_size, gan.steps_per_epoch, params.seed, rank, world)
+        self.source = DomainSampler(data.source, "source", gan.batch_size, gan.steps_per_epoch, params.seed, rank, world,
+                                    kind.collate)
+        self.target = DomainSampler(data.target, "target", gan.batch_size, gan.steps_per_epoch, params.seed, rank, world,
+                                    kind.collate)
         self.diagnostics = None
         if self.runtime.is_main:
             self.diagnostics = BalanceDiagnostics(
                 self.model.task_model, data.source_val, data.target, gan.mode, gan.lipschitz_interpolation,
-                gan.diagnostics_samples, params.seed, self.runtime.device)
+                gan.diagnostics_samples, params.seed, self.runtime.device, kind)
         self.checkpointer = Checkpointer(paths.checkpoints, fingerprint)
         self.fingerprint = fingerprint
         self.history: list[dict[str, float]] = []
@@ -431,10 +438,11 @@ class GanTrainer:
 
     def log_epoch(self, r: dict[str, float]) -> None:
         log.info("epoch %d/%d  G %.3f  D %.3f  | D_real acc real/fake %.2f/%.2f  D_source %.2f/%.2f | "
-                 "task acc %.3f -> %.3f | FD %.2f -> %.2f  PAD %.2f -> %.2f | |x-G(x)| %.3f | %.0fs",
+                 "task %s %.3f -> %.3f | FD %.2f -> %.2f  PAD %.2f -> %.2f | |x-G(x)| %.3f | %.0fs",
                  r["epoch"], self.total_epochs, r.get("loss/g_total", math.nan), r.get("loss/d_total", math.nan),
                  r["d_real/acc_real"], r["d_real/acc_fake"], r["d_source/acc_real"], r["d_source/acc_fake"],
-                 r["task/acc_source_val"], r["task/acc_translated_val"], r["gap/fd_source_real"],
+                 self.kind.short_score, r[f"task/{self.kind.short_score}_source_val"],
+                 r[f"task/{self.kind.short_score}_translated_val"], r["gap/fd_source_real"],
                  r["gap/fd_translated_real"], r["gap/pad_source_real"], r["gap/pad_translated_real"],
                  r["copy/l1_source_translated"], r["time/epoch_seconds"])
 
@@ -555,6 +563,9 @@ def load_frozen_task_model(path: str | Path, params: Params, device: torch.devic
         if found is not None and (list(found) if key == "classes" else found) != value:
             raise ConfigError(f"data.{key}: {path} was trained with {key}={found!r}, params.yaml has {value!r}; "
                               f"{TASK_MODEL_HINT}")
+    kind = meta.get("kind", "classification")
+    if kind != params.task.kind:
+        raise ConfigError(f"task.kind: {path} is a {kind} model, params.yaml has {params.task.kind!r}; {TASK_MODEL_HINT}")
     return freeze(model), file_sha256(path)
 
 

@@ -6,6 +6,8 @@ Images are decoded to the generator's channels and size, streamed through it in 
 ``torch.inference_mode`` and written as PNGs plus a ``manifest.csv`` (``path,label,source``) into
 a temporary sibling folder that replaces the output only when everything succeeded, with a
 ``translation.json`` marker (what was translated, with which generator). Memory does not grow with the number of images.
+A detection split's boxes (COCO ``annotations.json`` beside the images) are carried over unchanged:
+the generator keeps every pixel where it is, and the image names stay the same.
 
 Nothing the tool did not write is ever replaced: an output that is, lies inside or holds the input
 is refused, and so is an existing output folder other than an empty one or an earlier translation
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import sys
 import time
@@ -38,8 +41,8 @@ from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
 from pipeline.distributed import resolve_device
 from pipeline.gan.export import open_generator
-from pipeline.gan.output_folder import (MANIFEST_COLUMNS, PROVENANCE_NAME, TOOL, TRANSLATION_MARKER,
-                                        check_input_folder, check_paths, check_replaceable)
+from pipeline.gan.output_folder import (ANNOTATIONS_NAME, MANIFEST_COLUMNS, PROVENANCE_NAME, TOOL,
+                                        TRANSLATION_MARKER, check_input_folder, check_paths, check_replaceable)
 from pipeline.io import atomic_directory, save_png, write_json
 
 log = logging.getLogger(__name__)
@@ -129,16 +132,35 @@ def translate_folder(generator_file: str | Path, input_folder: str | Path, out_d
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:
         write_translations(generator, loader, inputs, tmp)
+        boxes = carry_annotations(input_folder, inputs, tmp)
         seconds = time.perf_counter() - started
         # What is written is a function of the inputs only (the folder is a DVC dependency of
         # train_task@translated); timings go to the returned summary, for logs and MLflow.
-        record = {"images": len(inputs), "labelled": any(inputs.labels),
+        record = {"images": len(inputs), "labelled": any(inputs.labels) or boxes,
                   "input": str(input_folder), "output": str(out_dir), "generator": str(generator_file),
                   "generator_params_hash": meta.get("params_hash"), "channels": channels, "image_size": size}
         write_json(tmp / TRANSLATION_MARKER, {"written_by": TOOL, **record})
         if provenance is not None:
             write_json(tmp / PROVENANCE_NAME, {**provenance, "translation": record})
     return {**record, "seconds": round(seconds, 3), "images_per_second": round(len(inputs) / max(seconds, 1e-9), 1)}
+
+
+def carry_annotations(input_folder: Path, inputs: TranslationInputs, out: Path) -> bool:
+    """Copy ``annotations.json`` (the boxes of a detection split) into ``out`` when the input has one
+    and is not a held-out split, after checking each image it names was translated under the same
+    name. Returns whether it did."""
+    from pipeline.data.manifest import is_heldout
+
+    source = input_folder / ANNOTATIONS_NAME
+    if not source.is_file() or is_heldout(input_folder) or is_heldout(input_folder.resolve()):
+        return False
+    blob = json.loads(source.read_text())
+    written = set(inputs.outputs)
+    missing = [im.get("file_name") for im in blob.get("images", []) if im.get("file_name") not in written]
+    if missing:
+        raise ValueError(f"{source}: names images that were not translated under the same name, e.g. {missing[:3]}")
+    write_json(out / ANNOTATIONS_NAME, blob)
+    return True
 
 
 def write_translations(generator: torch.nn.Module, loader: DataLoader, inputs: TranslationInputs, folder: Path) -> None:

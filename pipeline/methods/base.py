@@ -1,8 +1,10 @@
 """The contract between the training loop and an adaptation method.
 
 Each optimiser step the loop hands the method a :class:`StepBatch` (a labelled batch, plus the views
-of an unlabelled real batch the method asked for) and the network ``net: x -> (features, logits)``;
-the method returns a :class:`StepOutput` with the loss to minimise. Besides that a method may own
+of an unlabelled real batch the method asked for) and the task kind's network ``net``; the method
+returns a :class:`StepOutput` with the loss to minimise. A method that works for every task kind
+(:mod:`pipeline.task.kinds`) gets the supervised loss and features from ``ctx.kind.supervised``; one
+that needs class probabilities (self-training) says so in ``kinds``. Besides that a method may own
 extra trainable modules (a domain discriminator), override the learning-rate rule and keep state
 that checkpoints must restore (running statistics). Nothing else about training is its business:
 data order, checkpoints, DDP, tracking and model selection belong to the loop.
@@ -39,20 +41,21 @@ class MethodContext:
     num_classes: int
     feature_dim: int
     device: torch.device
+    kind: Any                         # the task kind (pipeline.task.kinds.TaskKind)
     wrap: Callable[[nn.Module], nn.Module] = lambda module: module   # DDP-wraps a trainable module under torchrun
 
 
 @dataclass
 class StepBatch:
     x: torch.Tensor                                              # labelled images (N, C, H, W)
-    y: torch.Tensor                                              # their class indices (N,)
+    y: Any                                                       # their labels: class indices (N,) or box dicts
     target: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> unlabelled real images
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor                  # what the optimiser minimises
-    logits: torch.Tensor                # logits of the labelled batch (train accuracy)
+    logits: Optional[torch.Tensor]      # logits of the labelled batch (train accuracy); None for detection
     terms: dict[str, torch.Tensor]      # named loss terms, unweighted (logged; a NaN in any stops training)
     stats: dict[str, float] = field(default_factory=dict)   # other per-step statistics, averaged per epoch
 
@@ -62,6 +65,7 @@ class Method:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    kinds: ClassVar[tuple[str, ...]] = ("classification", "detection")   # task kinds it supports
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params, self.ctx = params, ctx

@@ -11,6 +11,9 @@ with ``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` and, when ``annealed_lr``, the p
   discriminator cannot tell the domains apart by augmentation artefacts alone;
 * source and target go through the network as one batch, so BatchNorm sees both domains (as in
   TLlib's implementation);
+* detection: the discriminator classifies every location of the backbone map (the image-level
+  component of Domain Adaptive Faster R-CNN, Chen et al. 2018); the target batch passes through the
+  backbone only (it has no boxes); the loss is the detector's own plus the domain term;
 * Adam instead of SGD with momentum (``task.optimizer``), as for every other variant; the annealed
   rule then starts from Adam's ``lr0``.
 """
@@ -20,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.methods import register
@@ -62,13 +63,12 @@ class Dann(Method):
         return {"discriminator": self.discriminator}
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
-        n = len(batch.x)
-        features, logits = net(torch.cat([batch.x, batch.target["target"]]))
-        ce = F.cross_entropy(logits[:n], batch.y)
+        out = self.ctx.kind.supervised(net, batch.x, batch.y, batch.target["target"])
         lambd = dann_lambda(progress, self.params.gamma)
         self.trained_discriminator.train()
-        domain, accuracy = domain_adversarial_loss(self.trained_discriminator, features[:n], features[n:], lambd)
-        return StepOutput(ce + self.params.trade_off * domain, logits[:n], {"task": ce, "domain": domain},
+        domain, accuracy = domain_adversarial_loss(self.trained_discriminator, out.source_features,
+                                                   out.target_features, lambd)
+        return StepOutput(out.loss + self.params.trade_off * domain, out.outputs, {**out.terms, "domain": domain},
                           {"lambda": lambd, "domain_acc": accuracy})
 
     def learning_rate(self, lr0: float, progress: float) -> Optional[float]:

@@ -17,6 +17,16 @@ on the real images cannot reinforce that; the relative threshold adapts to how c
 is on the labelled domain instead of a fixed 0.95 the shifted domain may never reach. Starting from
 any labelled training set (renders, randomised renders, translated renders): the ramp makes the
 first steps purely supervised, so it works "on top of" that set's model without a separate stage.
+
+Detection (pseudo-boxes, in the style of STAC, Sohn et al. 2020): the model itself, in eval mode,
+detects objects on the weak view; its detections scoring at least ``box_threshold`` become the
+pseudo-boxes of the strong view (for detection both views keep only photometric steps, so the boxes
+hold on both: :meth:`pipeline.task.kinds.Detection.view_transform`), and
+
+    L = L_det(x_s, boxes_s) + weight * mu(p) * L_det(t_s[kept], pseudo-boxes[kept])
+
+where ``kept`` are the real images with at least one pseudo-box (an image where the model is unsure
+is left out rather than taught that it holds nothing).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ class SelfTrainingParams:
     alignment: bool = True        # distribution alignment to a uniform class prior
     momentum: float = 0.99        # of the running mean of the weak-view predictions
     target_ratio: float = 1.0     # real images per labelled image in a step
+    box_threshold: float = 0.5    # detection: the score from which a detection is a pseudo-box
 
     def __post_init__(self) -> None:
         check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
@@ -50,7 +61,8 @@ class SelfTrainingParams:
             ("weight", self.weight >= 0, "a non-negative number"),
             ("ramp", 0 <= self.ramp <= 1, "a share in [0, 1]"),
             ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
-            ("target_ratio", self.target_ratio > 0, "a positive number")))
+            ("target_ratio", self.target_ratio > 0, "a positive number"),
+            ("box_threshold", 0 < self.box_threshold < 1, "a number in (0, 1)")))
 
 
 def ramp_weight(progress: float, ramp: float) -> float:
@@ -65,6 +77,14 @@ def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch
     prior = torch.full_like(running_mean, 1.0 / len(running_mean))
     aligned = probs * (prior / running_mean.clamp_min(1e-6))
     return aligned / aligned.sum(dim=1, keepdim=True)
+
+
+def pseudo_boxes(detections: dict[str, torch.Tensor], threshold: float,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """The detections scoring at least ``threshold`` as a training target (copies made outside inference
+    mode, so autograd may save them)."""
+    keep = detections["scores"] >= threshold
+    return {key: detections[key][keep].clone().to(device) for key in ("boxes", "labels")}
 
 
 @register
@@ -84,6 +104,8 @@ class SelfTraining(Method):
         return max(1, round(batch_size * self.params.target_ratio))
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        if self.ctx.kind.name == "detection":
+            return self.detection_loss(net, batch, progress)
         n, weak, strong = len(batch.x), batch.target["weak"], batch.target["strong"]
         m = len(weak)
         _, logits = net(torch.cat([batch.x, weak, strong]))
@@ -101,6 +123,25 @@ class SelfTraining(Method):
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
         return StepOutput(ce + mu * unlabelled, source, {"task": ce, "unlabelled": unlabelled},
                           {"mask_rate": float(mask.mean()), "threshold": float(tau), "unlabelled_weight": mu})
+
+    def detection_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        """The pseudo-box loss of the module docstring."""
+        from pipeline.detection.models import predict
+        from pipeline.distributed import unwrap
+
+        weak, strong = batch.target["weak"], batch.target["strong"]
+        detections = predict(unwrap(net).model, weak)
+        pseudo = [pseudo_boxes(d, self.params.box_threshold, weak.device) for d in detections]
+        kept = [i for i, t in enumerate(pseudo) if len(t["boxes"])]
+        supervised = self.ctx.kind.supervised(net, batch.x, batch.y)
+        mu = self.params.weight * ramp_weight(progress, self.params.ramp)
+        unlabelled = supervised.loss.new_zeros(())
+        if kept and mu > 0:
+            unlabelled = self.ctx.kind.supervised(net, strong[kept], [pseudo[i] for i in kept]).loss
+        boxes = sum(len(t["boxes"]) for t in pseudo)
+        return StepOutput(supervised.loss + mu * unlabelled, None, {**supervised.terms, "unlabelled": unlabelled},
+                          {"mask_rate": len(kept) / max(len(pseudo), 1), "pseudo_boxes": boxes / max(len(pseudo), 1),
+                           "unlabelled_weight": mu})
 
     def state_dict(self) -> dict[str, Any]:
         return {"running_mean": self.running_mean.detach().cpu().clone()}

@@ -1,4 +1,5 @@
-"""Supervised training on the labelled set alone: ``L = CE(h(f(x)), y)``.
+"""Supervised training on the labelled set alone: ``L = CE(h(f(x)), y)`` (the detector's own losses
+for detection).
 
 Every non-adapting variant uses it: source_only, translated, domain randomisation (the strong
 ``augment`` pipeline on the renders) and the target oracle.
@@ -6,7 +7,6 @@ Every non-adapting variant uses it: source_only, translated, domain randomisatio
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.methods import register
@@ -18,6 +18,5 @@ class Supervised(Method):
     name = "supervised"
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
-        _, logits = net(batch.x)
-        ce = F.cross_entropy(logits, batch.y)
-        return StepOutput(ce, logits, {"task": ce})
+        out = self.ctx.kind.supervised(net, batch.x, batch.y)
+        return StepOutput(out.loss, out.outputs, out.terms)

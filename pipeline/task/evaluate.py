@@ -76,11 +76,13 @@ def subsample(dataset: Dataset, limit: int, seed: int) -> Dataset:
 def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> None:
     """The model must speak the configured classes and input shape, else its numbers mean nothing."""
     expected = {"classes": list(params.data.classes), "channels": params.data.channels,
-                "image_size": params.data.image_size}
+                "image_size": params.data.image_size, "kind": params.task.kind}
     for key, want in expected.items():
-        if meta.get(key) != want:
-            raise CheckpointError(f"{path}: model was trained with {key}={meta.get(key)!r} but params.yaml has "
-                                  f"data.{key}={want!r}; retrain it (dvc repro)")
+        have = meta.get(key, "classification" if key == "kind" else None)   # older exports are classifiers
+        if have != want:
+            section = "task" if key == "kind" else "data"
+            raise CheckpointError(f"{path}: model was trained with {key}={have!r} but params.yaml has "
+                                  f"{section}.{key}={want!r}; retrain it (dvc repro)")
 
 
 def write_predictions(path: str | Path, actual: Sequence[int], predicted: Sequence[int],
@@ -105,6 +107,12 @@ def evaluate_variant(params: Params, variant: str, model_dir: str | Path, out_di
     model, meta = load_task_model(model_path, device)
     check_model_matches(meta, params, model_path)
     classes, d = list(params.data.classes), params.data
+    if meta.get("kind", "classification") == "detection":
+        from pipeline.data.detection_set import DetectionSet
+        from pipeline.detection.evaluate import evaluate_detector
+
+        test_set = DetectionSet(test_dir, classes, d.channels, d.image_size, _allow_heldout=True)
+        return evaluate_detector(model, meta, variant, test_set, out_dir, tracker, device)
 
     test = predict(model, heldout_test_set(test_dir, classes, d.channels, d.image_size), device)
     train_images = ImageSet(params.variant(variant).train, classes, d.channels, d.image_size, labels=False)

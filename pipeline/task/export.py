@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import CheckpointError, load_weights_only, save_atomic
-from pipeline.task.models import model_from_config
+from pipeline.task.kinds import kind_of_config
 
 MODEL_FILE = "model.pt"
 
@@ -28,6 +28,6 @@ def load_task_model(path: str | Path, device: str | torch.device = "cpu") -> tup
     blob = load_weights_only(path)
     if not isinstance(blob, dict) or not {"config", "state_dict", "meta"} <= set(blob):
         raise CheckpointError(f"{path}: not an exported sim2real task model (expected config, state_dict, meta)")
-    model = model_from_config(blob["config"])
+    model = kind_of_config(blob["config"]).from_config(blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), blob["meta"]

@@ -1,15 +1,16 @@
-"""The one downstream training loop: a task model trained by any registered method.
+"""The one downstream training loop: a task model of any kind trained by any registered method.
 
 A variant is ``{method, train, augment, params}``. Each optimiser step draws a labelled batch from
 ``train`` (augmented by the variant's ``augment`` pipeline) and, when the method asks for them, the
 views of an unlabelled batch of real images (``data/prepared/target/train``); the method
-(:mod:`pipeline.methods`) turns them into a loss. The loop names no method: data order, learning
+(:mod:`pipeline.methods`) turns them into a loss. The loop names no method and no task kind
+(classification or detection: :mod:`pipeline.task.kinds` says what a label, a loss and a score are): data order, learning
 rate, checkpoints, DDP, non-finite guard, model selection, label-free scores and reports are shared.
 
 Budgets are in optimiser steps (``task.steps``, or a variant's own ``steps``), not epochs, so a small training set (a few
 hundred real images for the oracle) gets as many updates as a large one. Every ``task.eval_every``
-steps (a "round") the loop evaluates accuracy on the labelled synthetic ``source/val``, writes a
-history row and a full-state checkpoint. With progress ``p = step / steps`` in [0, 1):
+steps (a "round") the loop evaluates the kind's score (accuracy, mAP@.5) on the labelled synthetic
+``source/val``, writes a history row and a full-state checkpoint. With progress ``p = step / steps`` in [0, 1):
 
     learning rate   the method's own rule if it has one (DANN's annealing), else
                     cosine:   lr_p = lr0 * (1 + cos(pi p)) / 2      constant: lr_p = lr0
@@ -44,13 +45,12 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
 from pipeline import methods
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, Params, trains_on_target
-from pipeline.data.augment import Augment, build_augment
-from pipeline.data.manifest import ImageSet, Views, preload_within
+from pipeline.data.manifest import Views, preload_within
 from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
@@ -59,7 +59,7 @@ from pipeline.methods.base import Method, MethodContext, StepBatch
 from pipeline.reproducibility import code_digest, content_digest, derive_seed, seed_everything
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
-from pipeline.task.models import build_task_model, classify_features, extract_features, feature_dim
+from pipeline.task.kinds import task_kind
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +139,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class TrainData:
-    labelled: ImageSet                 # the variant's labelled set, augmented by its pipeline
-    val: ImageSet                      # source/val, labelled, not augmented
+    labelled: Dataset                  # the variant's labelled set, augmented by its pipeline
+    val: Dataset                       # source/val, labelled, not augmented
     target: Optional[Views]            # the method's views of the unlabelled real images, or None
-    augments: list[Augment]            # every pipeline in use (reseeded each round)
+    augments: list                     # every pipeline in use (reseeded each round)
 
     @property
     def folders(self) -> list[Path]:
@@ -151,9 +151,9 @@ class TrainData:
 
 
 def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) -> Method:
-    v = params.variant(variant)
-    ctx = MethodContext(num_classes=len(params.data.classes), feature_dim=feature_dim(model), device=rt.device,
-                        wrap=lambda module: wrap(module, rt))
+    v, kind = params.variant(variant), task_kind(params)
+    ctx = MethodContext(num_classes=len(params.data.classes), feature_dim=kind.feature_dim(model), device=rt.device,
+                        wrap=lambda module: wrap(module, rt), kind=kind)
     return methods.get(v.method, f"variants.{variant}.method")(
         methods.parse_params(v.method, v.params, f"variants.{variant}.params"), ctx)
 
@@ -161,40 +161,32 @@ def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) ->
 def load_data(params: Params, variant: str, method: Method, prepared: str | Path = PREPARED) -> TrainData:
     """The variant's labelled set, synthetic validation and the method's views of the real images,
     each decoded into memory once when it fits ``data.preload_mb``."""
-    d, v = params.data, params.variant(variant)
-    pipelines: dict[str, Optional[Augment]] = {}
+    d, v, kind = params.data, params.variant(variant), task_kind(params)
+    pipelines: dict[str, Any] = {}
 
-    def pipeline(name: Optional[str]) -> Optional[Augment]:
+    def pipeline(name: Optional[str]):
         name = name or v.augment
         if name not in pipelines:
-            pipelines[name] = build_augment(params.augment[name], params.seed, key=f"augment.{name}")
+            pipelines[name] = kind.build_augment(params.augment[name], params.seed, key=f"augment.{name}")
         return pipelines[name]
 
-    labelled = ImageSet(v.train, d.classes, d.channels, d.image_size, transform=pipeline(None))
-    val = ImageSet(Path(prepared) / SOURCE_VAL, d.classes, d.channels, d.image_size)
-    target = None
+    labelled = kind.dataset(v.train, params, transform=pipeline(None))
+    val = kind.dataset(Path(prepared) / SOURCE_VAL, params)
+    target, views = None, {}
     if method.target_views():
-        real = ImageSet(Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
-        target = Views(real, {view: pipeline(name) for view, name in method.target_views().items()})
+        real = kind.dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
+        for view, name in method.target_views().items():
+            name = name or v.augment
+            views[view] = kind.view_transform(pipeline(name), params.augment[name], params.seed, f"augment.{name}")
+        target = Views(real, views)
     preload_within((labelled, val, target.images if target else None), d.preload_mb * 2**20)
-    return TrainData(labelled, val, target, [a for a in pipelines.values() if a is not None])
+    in_use = {id(a): a for a in [*pipelines.values(), *views.values()] if a is not None}
+    return TrainData(labelled, val, target, list(in_use.values()))
 
 
 # ------------------------------------------------------------------------------------------------
 # Networks
 # ------------------------------------------------------------------------------------------------
-
-
-class FeaturesAndLogits(nn.Module):
-    """``x -> (f(x), h(f(x)))`` so one (DDP-wrapped) forward serves the task and any feature-level loss."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = extract_features(self.model, x)
-        return features, classify_features(self.model, features)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +210,7 @@ class RoundTotals:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
 
-    def means(self, rt: Runtime) -> dict[str, float]:
+    def means(self, rt: Runtime, accuracy: bool = True) -> dict[str, float]:
         keys = sorted(self.sums)
         sums = torch.tensor([self.correct, self.images, self.steps] + [self.sums[k] for k in keys],
                             dtype=torch.float64)
@@ -227,23 +219,9 @@ class RoundTotals:
             dist.all_reduce(sums)
             sums = sums.cpu()
         correct, images, steps, *values = sums.tolist()
-        out = {"train_acc": correct / max(images, 1)}
+        out = {"train_acc": correct / max(images, 1)} if accuracy else {}
         out.update({k: v / max(steps, 1) for k, v in zip(keys, values)})
         return out
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, dataset: ImageSet, device: torch.device, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (switched to eval mode and back) over ``dataset``."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        pred = model(x.to(device)).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    model.train(was_training)
-    return correct / max(total, 1)
 
 
 @dataclass
@@ -256,8 +234,9 @@ def make_samplers(params: Params, data: TrainData, method: Method, rt: Runtime) 
     task = params.task
     if task.batch_size % rt.world_size:
         raise ConfigError(f"task.batch_size: {task.batch_size} is not divisible by the {rt.world_size} torchrun processes")
+    collate = task_kind(params).collate
     labelled = DomainSampler(data.labelled, "labelled", task.batch_size, task.eval_every, params.seed,
-                             rt.rank, rt.world_size)
+                             rt.rank, rt.world_size, collate)
     target = None
     if data.target is not None:
         size = method.target_batch_size(task.batch_size)
@@ -274,7 +253,7 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
     A NaN or infinite loss term stops training at once (:func:`~pipeline.guards.check_finite`),
     naming ``stage``, the term and the step; ``checkpoint`` (the last good one) is left as it is.
     """
-    task, rnd = params.task, run.epoch
+    task, rnd, kind = params.task, run.epoch, task_kind(params)
     steps = min(task.eval_every, total_steps - run.step)
     for augment in data.augments:
         augment.reseed(derive_seed(params.seed, rnd, _AUGMENT, rt.rank))
@@ -288,21 +267,22 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         lr = method.learning_rate(task.optimizer.lr, p) or task_learning_rate(params, p)
         set_lr(optimizer, lr)
         x, y = samplers.labelled.load(labelled_idx[i])
+        y = kind.to_device(y, rt.device)
         target = {}
         if target_idx is not None:
             stacked, _ = samplers.target.load(target_idx[i])
             target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
-        out = method.loss(net, StepBatch(x.to(rt.device), y.to(rt.device), target), p)
+        out = method.loss(net, StepBatch(x.to(rt.device), y, target), p)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         run.step += 1
         check_finite(out.terms, stage, run.step, rnd + 1, checkpoint, rt.distributed)
-        correct = int((out.logits.detach().argmax(1) == y.to(rt.device)).sum())
-        totals.add(correct, len(x), {**{f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}, **out.stats})
+        correct = kind.correct(out.logits, y) if out.logits is not None else None
+        totals.add(correct or 0, len(x), {**{f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}, **out.stats})
     run.train_seconds += time.perf_counter() - started
     run.images_seen += int(totals.images) * rt.world_size
-    return {**totals.means(rt), "lr": lr}
+    return {**totals.means(rt, accuracy=kind.train_accuracy), "lr": lr}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,13 +373,9 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
 
     ``on_epoch_end(round, row)`` runs after each round's checkpoint (tests use it to interrupt a run).
     """
-    v, task, rt = params.variant(variant), params.task, runtime
+    v, task, rt, kind = params.variant(variant), params.task, runtime, task_kind(params)
     seed_everything(params.seed)
-    classes = params.data.classes
-    try:
-        model = build_task_model(task.model, params.data.channels, len(classes), task.width).to(rt.device)
-    except ValueError as exc:  # an unknown architecture; the message names task.model
-        raise ConfigError(str(exc)) from None
+    model = kind.build_model(params).to(rt.device)
     method = build_method(params, variant, model, rt)
     data = load_data(params, variant, method, prepared)
     trainable = list(model.parameters()) + [p for m in method.modules().values() for p in m.parameters()]
@@ -414,16 +390,17 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
         log.info("%s: %s", variant, f"resuming after round {run.epoch} of {rounds}" if run.epoch < rounds
                  else "checkpoint holds the finished run; exporting it without training")
 
-    net = wrap(FeaturesAndLogits(model), rt)
+    net = wrap(kind.network(model), rt)
     samplers = make_samplers(params, data, method, rt)
     while run.epoch < rounds:
         row = train_round(net, method, optimizer, data, samplers, params, run, rt, f"train_task@{variant}",
                           checkpointer.path, total_steps)
         run.epoch += 1
         sync_buffers(rt, model, *method.modules().values())  # BatchNorm statistics: rank 0's on every rank
-        row = {"epoch": run.epoch, "step": run.step, **row, "source_val_acc": accuracy(model, data.val, rt.device)}
+        row = {"epoch": run.epoch, "step": run.step, **row,
+               kind.score_name: kind.val_score(model, data.val, rt.device)}   # the last column (the DVC plot's y)
         run.history.append(row)
-        _select(run, model, row["source_val_acc"], task.select)
+        _select(run, model, row[kind.score_name], task.select)
         if rt.is_main:
             checkpointer.save(_checkpoint_state(model, method, optimizer, run))
             tracker.log_metrics({k: val for k, val in row.items() if k != "epoch"}, step=run.step)
@@ -440,31 +417,22 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
     if rt.is_main:
         real = _real_images(data, params, prepared)
         if v.target_bn:
-            layers = adapt_batchnorm(result.model, real)
+            layers = adapt_batchnorm(kind.batchnorm_module(result.model), real)
             result.metrics["target_bn_layers"] = layers
             log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
-        result.metrics["label_free"] = _label_free(result.model, real, data, params, rt.device)
+        result.metrics["label_free"] = kind.label_free(result.model, real, data.val, rt.device, params.seed)
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
     return result
 
 
-def _label_free(model: nn.Module, real: ImageSet, data: TrainData, params: Params,
-                device: torch.device) -> dict[str, float]:
-    """Label-free scores of the selected model on the unlabelled real training images and source/val
-    (:mod:`pipeline.metrics.label_free`); what the report picks a variant by."""
-    from pipeline.metrics.label_free import label_free_scores
-
-    return label_free_scores(copy.deepcopy(model).to(device), real, data.val, device, params.seed)
-
-
-def _real_images(data: TrainData, params: Params, prepared: str | Path) -> ImageSet:
-    """The unlabelled real training images, unaugmented (already in memory when the method used them)."""
+def _real_images(data: TrainData, params: Params, prepared: str | Path) -> Dataset:
+    """The unlabelled real training images, unaugmented (already in memory when the method used them):
+    AdaBN and the label-free scores (what the report picks a variant by) read them."""
     if data.target is not None:
         return data.target.images
-    d = params.data
-    return ImageSet(Path(prepared) / TARGET_TRAIN, d.classes, d.channels, d.image_size, labels=False)
+    return task_kind(params).dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
 
 
 def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path,
@@ -474,7 +442,7 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
     selected.eval()
     v, last = params.variant(variant), run.history[-1]
     target_labels = uses_target_labels(params, variant, prepared)
-    meta = {"classes": list(params.data.classes), "image_size": params.data.image_size,
+    meta = {"kind": params.task.kind, "classes": list(params.data.classes), "image_size": params.data.image_size,
             "channels": params.data.channels, "variant": variant, "method": v.method,
             "selected_epoch": run.best_epoch, "uses_target_labels": target_labels,
             "params_hash": params_hash(params, variant)}

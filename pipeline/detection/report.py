@@ -1,0 +1,160 @@
+"""The comparison of all variants for ``task.kind: detection``: the same files as classification's
+report (:mod:`pipeline.report`), by COCO mAP@.5 and mAP@[.5:.95].
+
+    gap_closed = (mAP50 - mAP50_source_only) / (mAP50_target_oracle - mAP50_source_only)
+
+Choosing without real labels (:func:`pick_detector`): among variants that do not use target labels
+and have label-free scores, those whose source-val mAP@.5 is below :data:`SOURCE_KEEP` of the best
+source-val mAP@.5 are left out (they lost what they learned from the labelled renders); of the rest
+the one with the highest mean top detection score on the unlabelled real training images is picked
+(``target_confidence``: a detector that finds the objects of the real images is confident on
+them). It is a heuristic with less support in the literature than IM for classification; the
+report shows how the pick fares on the test set, for information only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from pipeline.io import write_json, write_text
+from pipeline.metrics.classification import gap_closed
+from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, _score, collect, log_to_runs,
+                             plot_curves, plot_summary, write_score_table)
+
+log = logging.getLogger(__name__)
+
+LABEL_FREE_KEYS = ("source_val_map50", "target_confidence", "target_detections")
+SOURCE_KEEP = 0.8
+PICK_RULE = (f"max target_confidence among variants without target labels whose source_val_map50 is at least "
+             f"{SOURCE_KEEP:.0%} of the best")
+BARS = (("map50", "mAP@.5"), ("map", "mAP@[.5:.95]"))
+
+
+@dataclass
+class DetectionRow:
+    variant: str
+    map50: float
+    map: float
+    uses_target_labels: bool
+    gap_closed: Optional[float] = None
+    source_val_map50: Optional[float] = None
+    target_confidence: Optional[float] = None
+    target_detections: Optional[float] = None
+
+    @property
+    def has_label_free(self) -> bool:
+        return self.source_val_map50 is not None and self.target_confidence is not None
+
+
+@dataclass
+class DetectionSummary:
+    rows: list[DetectionRow]
+    notes: list[str] = field(default_factory=list)
+    pick: Optional[str] = None
+    pick_reason: str = ""
+
+    def as_metrics(self) -> dict[str, dict[str, Any]]:
+        return {r.variant: {"map50": r.map50, "map": r.map, "gap_closed": r.gap_closed,
+                            **{k: getattr(r, k) for k in LABEL_FREE_KEYS}} for r in self.rows}
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.as_metrics(), PICK_KEY: {"variant": self.pick, "rule": PICK_RULE}}
+
+
+def pick_detector(rows: Sequence[DetectionRow]) -> tuple[Optional[str], str]:
+    """The variant to choose without real labels and why (the rule is in the module docstring)."""
+    candidates = [r for r in rows if not r.uses_target_labels and r.has_label_free]
+    if not candidates:
+        return None, "no variant without target labels has label-free scores"
+    best_source = max(r.source_val_map50 for r in candidates)
+    kept = [r for r in candidates if r.source_val_map50 >= SOURCE_KEEP * best_source]
+    dropped = [r.variant for r in candidates if r not in kept]
+    best = max(kept, key=lambda r: (r.target_confidence, r.source_val_map50))
+    excluded = f"; left out for a source-val mAP@.5 below {SOURCE_KEEP:.0%} of the best: {', '.join(dropped)}" \
+        if dropped else ""
+    return best.variant, (f"highest mean top score on the real training images ({best.target_confidence:.4f}) "
+                          f"among {len(kept)} candidate(s) without target labels{excluded}")
+
+
+def collect_label_free(variants: Sequence[str], train_dir: str | Path) -> dict[str, dict[str, Optional[float]]]:
+    found = {}
+    for variant in variants:
+        path = Path(train_dir) / variant / "metrics.json"
+        if path.is_file():
+            block = json.loads(path.read_text()).get("label_free")
+            if isinstance(block, dict):
+                found[variant] = {k: _score(block.get(k)) for k in LABEL_FREE_KEYS}
+    return found
+
+
+def summarize_detection(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
+                        label_free: Optional[dict[str, dict[str, Optional[float]]]] = None) -> DetectionSummary:
+    names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
+    label_free = label_free or {}
+    rows = [DetectionRow(v, metrics[v]["map50"], metrics[v]["map"], bool(metrics[v].get("uses_target_labels")),
+                         **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}) for v in names]
+    summary = DetectionSummary(rows)
+    summary.pick, summary.pick_reason = pick_detector(rows)
+    missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
+    if missing:
+        summary.notes.append(f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated.")
+        return summary
+    low, high = metrics[BASELINE]["map50"], metrics[ORACLE]["map50"]
+    for row in rows:
+        row.gap_closed = gap_closed(row.map50, low, high)
+    if high <= low:
+        summary.notes.append(f"{ORACLE} is not above {BASELINE} in mAP@.5: there is no gap to close.")
+    return summary
+
+
+def to_markdown(summary: DetectionSummary) -> str:
+    lines = [
+        "# Sim-to-real detection: COCO mAP on the held-out real test set",
+        "",
+        f"Gap closed = (mAP@.5 - {BASELINE}) / ({ORACLE} - {BASELINE}). Variants that use target labels are "
+        "upper bounds, not adaptation methods.",
+        "",
+        "| variant | mAP@.5 | mAP@[.5:.95] | gap closed | uses target labels |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    lines += [f"| {r.variant} | {_fmt(r.map50)} | {_fmt(r.map)} | {_fmt(r.gap_closed, '{:.1%}')} | "
+              f"{'yes' if r.uses_target_labels else 'no'} |" for r in summary.rows]
+    lines += ["", "## Choosing without real labels", "",
+              "| variant | source val mAP@.5 | target mean top score | target detections >= 0.5 per image |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {r.variant} | {_fmt(r.source_val_map50)} | {_fmt(r.target_confidence)} | "
+              f"{_fmt(r.target_detections, '{:.2f}')} |" for r in summary.rows]
+    lines += ["", f"Rule: {PICK_RULE}.", "",
+              f"Pick without real labels: {summary.pick or 'none'} ({summary.pick_reason})."]
+    if summary.pick is not None:
+        fair = [r for r in summary.rows if not r.uses_target_labels]
+        best = max(fair, key=lambda r: r.map50)
+        picked = next(r for r in summary.rows if r.variant == summary.pick)
+        lines += ["", f"For information only, never used to choose: the pick scores mAP@.5 {_fmt(picked.map50)} on "
+                      f"the real test set; the best variant without target labels there is {best.variant} with "
+                      f"{_fmt(best.map50)}."]
+    lines += [f"Note: {n}" for n in summary.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_detection_report(eval_dir: str | Path, out_dir: str | Path, tracker=None, order: Sequence[str] = (),
+                           train_dir: str | Path = "reports/train") -> DetectionSummary:
+    """The files of :func:`pipeline.report.write_report`, for detection variants."""
+    metrics = collect(eval_dir, order)
+    summary = summarize_detection(metrics, order, collect_label_free(list(metrics), train_dir))
+    out = Path(out_dir)
+    write_json(out / "summary.json", summary.as_json())
+    write_text(out / "summary.md", to_markdown(summary))
+    plot_summary(summary, out / "summary.png", BARS)
+    write_score_table(summary, out / SCORES_FILE, BARS)
+    plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png", column="source_val_map50")
+    if tracker is not None:
+        log_to_runs(tracker, summary, out)
+    for note in summary.notes:
+        log.warning(note)
+    log.info("pick without real labels: %s (%s)", summary.pick or "none", summary.pick_reason)
+    return summary
