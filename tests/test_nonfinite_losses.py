@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 
 from pipeline.gan import trainer as trainer_module
 from pipeline.guards import NonFiniteLossError, check_finite, first_non_finite
-from pipeline.methods import dann as dann_module
+from pipeline.task import kinds as kinds_module
 from test_gan_training import project, run_stage  # noqa: F401  (fixture: a tiny GAN project)
 from test_task_training import train
 from tinydata import tiny_params, tiny_prepared
@@ -61,7 +61,7 @@ def test_task_training_stops_on_a_nan_loss_naming_the_variant_and_step(tmp_path,
         loss = TF.cross_entropy(logits, y)
         return loss * math.inf if len(calls) == 8 else loss
 
-    monkeypatch.setattr(dann_module, "F", SimpleNamespace(cross_entropy=cross_entropy_going_bad))
+    monkeypatch.setattr(kinds_module, "F", SimpleNamespace(cross_entropy=cross_entropy_going_bad))
     with pytest.raises(NonFiniteLossError, match=r"train_task@dann: loss term 'task' became (nan|inf) at step 8 "
                                                  r"\(epoch 2\); .*last\.pt is kept"):
         train(params, "dann", tmp_path)
