@@ -106,10 +106,11 @@ def _score(value: Any) -> Optional[float]:
     return float(value)
 
 
-def collect_label_free(variants: Sequence[str],
-                       train_dir: str | Path = TRAIN_DIR) -> dict[str, dict[str, Optional[float]]]:
-    """``{variant: label-free scores}`` from ``<train_dir>/<variant>/metrics.json``'s ``"label_free"``
-    block; a variant whose file or block is missing (a run made before these scores existed) is left out."""
+def collect_label_free(variants: Sequence[str], train_dir: str | Path = TRAIN_DIR,
+                       keys: Sequence[str] = LABEL_FREE_KEYS) -> dict[str, dict[str, Optional[float]]]:
+    """``{variant: label-free scores}`` (the ``keys``) from ``<train_dir>/<variant>/metrics.json``'s
+    ``"label_free"`` block; a variant whose file or block is missing (a run made before these scores
+    existed) is left out."""
     found = {}
     for variant in variants:
         path = Path(train_dir) / variant / "metrics.json"
@@ -117,7 +118,7 @@ def collect_label_free(variants: Sequence[str],
             continue
         block = json.loads(path.read_text()).get("label_free")
         if isinstance(block, dict):
-            found[variant] = {k: _score(block.get(k)) for k in LABEL_FREE_KEYS}
+            found[variant] = {k: _score(block.get(k)) for k in keys}
     return found
 
 

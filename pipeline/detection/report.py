@@ -14,7 +14,6 @@ report shows how the pick fares on the test set, for information only.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from typing import Any, Optional, Sequence
 
 from pipeline.io import write_json, write_text
 from pipeline.metrics.classification import gap_closed
-from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, _score, collect, log_to_runs,
-                             plot_curves, plot_summary, write_score_table)
+from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, collect, collect_label_free,
+                             log_to_runs, plot_curves, plot_summary, write_score_table)
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +79,6 @@ def pick_detector(rows: Sequence[DetectionRow]) -> tuple[Optional[str], str]:
                           f"among {len(kept)} candidate(s) without target labels{excluded}")
 
 
-def collect_label_free(variants: Sequence[str], train_dir: str | Path) -> dict[str, dict[str, Optional[float]]]:
-    found = {}
-    for variant in variants:
-        path = Path(train_dir) / variant / "metrics.json"
-        if path.is_file():
-            block = json.loads(path.read_text()).get("label_free")
-            if isinstance(block, dict):
-                found[variant] = {k: _score(block.get(k)) for k in LABEL_FREE_KEYS}
-    return found
-
-
 def summarize_detection(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
                         label_free: Optional[dict[str, dict[str, Optional[float]]]] = None) -> DetectionSummary:
     names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
@@ -145,7 +133,7 @@ def write_detection_report(eval_dir: str | Path, out_dir: str | Path, tracker=No
                            train_dir: str | Path = "reports/train") -> DetectionSummary:
     """The files of :func:`pipeline.report.write_report`, for detection variants."""
     metrics = collect(eval_dir, order)
-    summary = summarize_detection(metrics, order, collect_label_free(list(metrics), train_dir))
+    summary = summarize_detection(metrics, order, collect_label_free(list(metrics), train_dir, LABEL_FREE_KEYS))
     out = Path(out_dir)
     write_json(out / "summary.json", summary.as_json())
     write_text(out / "summary.md", to_markdown(summary))
