@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
+from torchvision.ops import box_iou
 
 from pipeline.io import write_json
 
@@ -72,15 +73,6 @@ def detection_label_free(model: nn.Module, real: Dataset, val: Dataset, device: 
             "target_confidence": float(np.mean(top)), "target_detections": float(np.mean(confident))}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``(n, 4)`` and ``(m, 4)``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def confusion_pairs(predictions: Sequence[dict], targets: Sequence[dict], classes: Sequence[str]) -> list[tuple[str, str]]:
     """``(actual, predicted)`` class names per box, ``background`` for a miss or a false detection
     (the matching rule is in the module docstring)."""
@@ -90,9 +82,9 @@ def confusion_pairs(predictions: Sequence[dict], targets: Sequence[dict], classe
         p_boxes, p_labels = pred["boxes"].numpy()[keep], pred["labels"].numpy()[keep]
         t_boxes, t_labels = target["boxes"].numpy(), target["labels"].numpy()
         used = np.zeros(len(p_boxes), bool)
-        iou = _iou(t_boxes, p_boxes) if len(t_boxes) and len(p_boxes) else np.zeros((len(t_boxes), len(p_boxes)))
+        iou = box_iou(torch.from_numpy(t_boxes), torch.from_numpy(p_boxes)).numpy()   # rows: ground truth
         for g in range(len(t_boxes)):
-            candidates = np.where(~used & (iou[g] >= MATCH_IOU))[0] if len(p_boxes) else []
+            candidates = np.where(~used & (iou[g] >= MATCH_IOU))[0]
             if len(candidates):
                 j = candidates[np.argmax(iou[g, candidates])]
                 used[j] = True

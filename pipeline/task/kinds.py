@@ -374,8 +374,3 @@ def task_kind(params: Params) -> TaskKind:
 def kind_of_config(config: dict[str, Any]) -> TaskKind:
     """The kind of an exported model, from its build config (older exports are classifiers)."""
     return KINDS[config.get("kind", "classification")]
-
-
-def loader(dataset: Dataset, kind: TaskKind, batch_size: int) -> DataLoader:
-    """Unshuffled batches of ``dataset`` collated the kind's way."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=kind.collate)
