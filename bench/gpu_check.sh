@@ -26,14 +26,14 @@ section "bench"
   for size in 32 64; do
     for opts in "" "--amp bf16" "--channels-last" "--amp bf16 --channels-last"; do
       echo "--- size $size $opts"
-      timeout 60 python3 bench/bench_gan.py --device cuda --size "$size" --width 32 --blocks 6 --layers 3 \
-        --channels 3 --batch 16 --iters 30 --warmup 5 --only "all terms" --only "no LP, no task" $opts
+      timeout 300 python3 bench/bench_gan.py --device cuda --size "$size" --width 32 --blocks 6 --layers 3 \
+        --channels 3 --batch 16 --rounds 3 --iters 10 --warmup 5 $opts
     done
   done
   for opts in "--compile"; do
     echo "--- size 64 $opts"
-    timeout 120 python3 bench/bench_gan.py --device cuda --size 64 --width 32 --blocks 6 --layers 3 --channels 3 \
-      --batch 16 --iters 40 --warmup 5 --only "all terms" --only "no LP, no task" $opts
+    timeout 300 python3 bench/bench_gan.py --device cuda --size 64 --width 32 --blocks 6 --layers 3 --channels 3 \
+      --batch 16 --rounds 3 --iters 10 --warmup 5 --skip-translation $opts
   done
 } 2>&1 | tee "$OUT/bench.log"
 

@@ -27,9 +27,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's ``main``; bad input exits with status 2 and ``error: <message>`` on stderr."""
+    """Run a stage's ``main`` with the CPU settings of :mod:`pipeline.cpu` in force; bad input exits
+    with status 2 and ``error: <message>`` on stderr."""
+    from pipeline.cpu import configure_cpu
+
     logging.basicConfig(level=os.environ.get("SIM2REAL_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("pipeline.cpu").info("cpu settings: %s", configure_cpu())
     errors = user_errors()
     try:
         main(list(sys.argv[1:] if argv is None else argv))

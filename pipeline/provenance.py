@@ -51,11 +51,12 @@ def provenance(params: Params, stage: str, sections: tuple[str, ...], **extra) -
 
 
 def execution(record: dict) -> dict:
-    """``record`` plus what is true of this execution only: git commit, command line, UTC time."""
+    """``record`` plus what is true of this execution only: git commit, command line, UTC time, CPU settings."""
+    from pipeline.cpu import describe
     from pipeline.tracking import git_commit
 
     return {**record, "git_commit": git_commit(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": describe()}
 
 
 def write_provenance(folder: str | Path, record: dict) -> None:

@@ -197,3 +197,32 @@ def test_stage_exits_non_zero_with_a_one_line_error(default_raw, tmp_path):
     assert res.returncode == 2
     assert "error:" in res.stderr and "broken.jpg" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "rep").exists()
+
+
+def test_in_memory_batches_equal_stacked_items(tmp_path):
+    """``ImageSet.batch`` (what the samplers use) gives exactly the stacked items, decoded in memory or
+    streamed, labelled or not; with a transform it still goes item by item, in the same order."""
+    import torch
+
+    from pipeline.data.manifest import ImageSet
+    from pipeline.data.sampling import DomainSampler, stack_items
+    from tinydata import CLASSES, SIZE, write_split
+
+    folder = write_split(tmp_path / "split", 10)
+    picks = [7, 0, 3, 3, 9]
+    for labels in (True, False):
+        streamed = ImageSet(folder, CLASSES, 1, SIZE, labels=labels)
+        in_memory = ImageSet(folder, CLASSES, 1, SIZE, labels=labels)
+        assert in_memory.preload(10**6) and not streamed.preload(10)
+        expected = stack_items([streamed[i] for i in picks])
+        for images in (streamed, in_memory):
+            got = images.batch(picks)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+            assert got[0].is_contiguous() and got[0].dtype == torch.float32
+        sampler = DomainSampler(in_memory, "s", 5, 1, seed=0)
+        idx = sampler.epoch_indices(0)[0]
+        assert torch.equal(sampler.load(idx)[0], stack_items([streamed[i] for i in idx.tolist()])[0])
+
+    flips = ImageSet(folder, CLASSES, 1, SIZE, transform=lambda a: a[:, ::-1])
+    flips.preload(10**6)
+    torch.testing.assert_close(flips.batch(picks)[0], expected[0].flip(-1))

@@ -159,6 +159,16 @@ class ImageSet(Dataset):
         label = self.entries[i].label
         return to_tensor(image), (label if label is not None else -1)
 
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` stacked: ``(N, C, H, W)`` images and ``(N,)`` labels, what stacking
+        ``self[i]`` gives. A preloaded split without a transform is sliced and converted in one go
+        (no per-image work: the GAN's data path); otherwise item by item."""
+        labels = torch.tensor([-1 if self.entries[i].label is None else self.entries[i].label for i in indices])
+        if self._decoded is None or self.transform is not None:
+            return torch.stack([self[i][0] for i in indices]), labels
+        images = torch.from_numpy(self._decoded[np.asarray(indices, dtype=np.int64)])
+        return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous(), labels
+
     def targets(self) -> list[int]:
         if not self.labels:
             raise HeldOutLabelsError(f"{self.folder}: opened without labels")

@@ -34,7 +34,11 @@ class DomainSampler:
         return torch.cat(perms)[:need].view(self.steps, self.batch_size)[:, self.rank::self.world]
 
     def load(self, indices: torch.Tensor) -> tuple:
-        """The items at ``indices``, collated (default: stacked images and a tensor of labels)."""
+        """The items at ``indices``, collated (default: stacked images and a tensor of labels). A
+        dataset with its own ``batch(indices)`` (an in-memory :class:`~pipeline.data.manifest.ImageSet`)
+        is asked for the whole batch at once when no other collate was given."""
+        if self.collate is stack_items and hasattr(self.dataset, "batch"):
+            return self.dataset.batch(indices.tolist())
         return self.collate([self.dataset[i] for i in indices.tolist()])
 
 

@@ -223,9 +223,18 @@ class CycleGan:
 
     def generator_terms(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor
                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The generator loss terms whose weight is > 0 (others are not computed), G(x) and F(y)."""
+        """The generator loss terms whose weight is > 0 (others are not computed), G(x) and F(y).
+
+        The same terms as the textbook iteration (:mod:`pipeline.gan.reference`) with fewer network
+        calls: with identity on, ``G`` translates ``x`` and its identity input ``y`` in one batch
+        (``F`` likewise ``y`` and ``x``); instance norm keeps every sample independent, so the
+        results are those of separate calls."""
         G, F, w, mode = self.run.G, self.run.F, self.weights, self.gan.mode
-        fake_y, fake_x = G(x), F(y)
+        if w.identity:
+            fake_y, same_y = G(torch.cat([x, y])).split([len(x), len(y)])
+            fake_x, same_x = F(torch.cat([y, x])).split([len(y), len(x)])
+        else:
+            fake_y, fake_x = G(x), F(y)
         terms: dict[str, torch.Tensor] = {}
         if w.adversarial:
             terms["adv_g"] = adversarial_loss(self.nets.D_real(fake_y), True, mode)
@@ -234,8 +243,8 @@ class CycleGan:
             terms["cycle_source"] = cycle_loss(x, F(fake_y))
             terms["cycle_real"] = cycle_loss(y, G(fake_x))
         if w.identity:
-            terms["identity_real"] = identity_loss(y, G(y))
-            terms["identity_source"] = identity_loss(x, F(x))
+            terms["identity_real"] = identity_loss(y, same_y)
+            terms["identity_source"] = identity_loss(x, same_x)
         if w.similarity:
             terms["similarity"] = similarity_loss(x, fake_y)
         if w.task:

@@ -76,8 +76,9 @@ class TaskKind:
         ``steps`` for labelled images: the same object (one random stream for both)."""
         return augment
 
-    def collate(self, items: Sequence[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
-        return stack_items(items)
+    #: ``[(image, target), ...] -> batch``; stacking by default (which lets an in-memory split hand
+    #: over a whole batch at once, see :meth:`pipeline.data.sampling.DomainSampler.load`)
+    collate = staticmethod(stack_items)
 
     def to_device(self, y: Any, device: torch.device) -> Any:
         return y.to(device)
