@@ -33,7 +33,7 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
 
     logging.basicConfig(level=os.environ.get("SIM2REAL_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("pipeline.cpu").info("cpu settings: %s", configure_cpu())
+    logging.getLogger("pipeline.cpu").debug("cpu settings: %s", configure_cpu())  # also in provenance
     errors = user_errors()
     try:
         main(list(sys.argv[1:] if argv is None else argv))
