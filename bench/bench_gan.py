@@ -40,6 +40,7 @@ import torch
 from pipeline.config import DiscriminatorParams, GanParams, GeneratorParams, LossWeights, load_params
 from pipeline.cpu import configure_cpu
 from pipeline.distributed import resolve_device
+from pipeline.gan.networks import ResnetGenerator
 from pipeline.gan.reference import ReferenceCycleGan, translate_one_by_one
 from pipeline.gan.trainer import CycleGan, Precision
 from pipeline.task.models import build_task_model
@@ -54,6 +55,15 @@ def gan_params(args: argparse.Namespace, weights: dict[str, float]) -> GanParams
                      channels_last=args.channels_last, compile=args.compile)
 
 
+def our_model(args: argparse.Namespace, weights: dict[str, float], device: torch.device,
+              classes: int = 10) -> CycleGan:
+    """``CycleGan`` as the stage builds it, with a fresh SmallCNN as T (seeded: same weights every call)."""
+    torch.manual_seed(0)
+    task = build_task_model("small_cnn", args.channels, classes, width=args.task_width)
+    gan = gan_params(args, weights)
+    return CycleGan(gan, args.channels, task, Precision(device, gan.amp, gan.channels_last), seed=0)
+
+
 def training_workloads(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], None]]:
     """name -> one training iteration on fixed random batches."""
     g = torch.Generator().manual_seed(0)
@@ -62,11 +72,8 @@ def training_workloads(args: argparse.Namespace, device: torch.device) -> dict[s
     labels = torch.randint(0, 10, (args.batch,), generator=g).to(device)
     workloads = {}
     for suffix, weights in (("plain", PLAIN), ("all terms", {})):
-        torch.manual_seed(0)
-        task = build_task_model("small_cnn", args.channels, 10, width=args.task_width)
-        gan = gan_params(args, weights)
-        ours = CycleGan(gan, args.channels, task, Precision(device, gan.amp, gan.channels_last), seed=0)
-        reference = ReferenceCycleGan(gan, copy.deepcopy(ours.nets), ours.task_model,
+        ours = our_model(args, weights, device)
+        reference = ReferenceCycleGan(ours.gan, copy.deepcopy(ours.nets), ours.task_model,
                                       lipschitz_rng=torch.Generator(device).manual_seed(0))
         name = "textbook" if suffix == "plain" else "textbook + balance"
         workloads[name] = lambda r=reference: r.train_step(x, labels, y)
@@ -93,11 +100,7 @@ def stage_data_workload(args: argparse.Namespace, device: torch.device) -> Calla
     source = DomainSampler(data.source, "source", args.batch, steps, 0, collate=kind.collate)
     target = DomainSampler(data.target, "target", args.batch, steps, 0, collate=kind.collate)
     source_idx, target_idx = source.epoch_indices(0), target.epoch_indices(0)
-    torch.manual_seed(0)
-    gan = gan_params(args, {})
-    model = CycleGan(gan, args.channels, build_task_model("small_cnn", args.channels, len(params.data.classes),
-                                                          width=args.task_width),
-                     Precision(device, gan.amp, gan.channels_last), seed=0)
+    model = our_model(args, {}, device, classes=len(params.data.classes))
     step = iter(range(steps))
 
     def run() -> None:
@@ -109,9 +112,8 @@ def stage_data_workload(args: argparse.Namespace, device: torch.device) -> Calla
 
 
 def translation_workloads(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], None]]:
-    gan = gan_params(args, PLAIN)
-    generator = CycleGan(gan, args.channels, build_task_model("small_cnn", args.channels, 10, width=4),
-                         Precision(device), seed=0).nets.G.eval()
+    generator = ResnetGenerator(args.channels, args.channels, args.width, args.blocks, args.downsamplings)
+    generator = generator.to(device).eval()
     x = torch.rand(args.translate_batch, args.channels, args.size, args.size, device=device) * 2 - 1
 
     def ours() -> None:
@@ -153,7 +155,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The bench's options (``bench/bench_threads.py`` builds its model from them too)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
@@ -176,7 +179,11 @@ def main() -> None:
     ap.add_argument("--prepared", default=None, help="a prepared data folder: adds the stage's data path")
     ap.add_argument("--params", default="params.yaml", help="the params of --prepared")
     ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormals to zero")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     cpu = configure_cpu() if not args.keep_denormals else {"flush_denormal": False}
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,17 +17,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CHILD = r"""
-import json, sys, time, dataclasses, torch
-from pipeline.config import DiscriminatorParams, GanParams, GeneratorParams
-from pipeline.gan.trainer import CycleGan, Precision
-from pipeline.task.models import build_task_model
+import json, sys, time
+import torch  # before pipeline, whose package would otherwise set OMP_WAIT_POLICY for the cell
+sys.path.insert(0, sys.argv[2])
+from bench_gan import our_model, parser
 a = json.loads(sys.argv[1])
-torch.manual_seed(0)
-gan = GanParams(generator=GeneratorParams(a["width"], a["blocks"], 2), discriminator=DiscriminatorParams(a["width"], a["layers"]),
-                batch_size=a["batch"])
-model = CycleGan(gan, a["channels"], build_task_model("small_cnn", a["channels"], 10, width=32), Precision(torch.device("cpu")), seed=0)
+args = parser().parse_args(["--width", str(a["width"]), "--blocks", str(a["blocks"]), "--layers", str(a["layers"]),
+                            "--channels", str(a["channels"]), "--batch", str(a["batch"])])
+model = our_model(args, {}, torch.device("cpu"))
 g = torch.Generator().manual_seed(0)
 batches = [(torch.rand(a["batch"], a["channels"], 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (a["batch"],), generator=g),
             torch.rand(a["batch"], a["channels"], 32, 32, generator=g) * 2 - 1) for _ in range(4)]
@@ -57,7 +57,7 @@ def measure(env: dict[str, str], args: argparse.Namespace) -> float:
     child_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     child_env.update(env)
     config = {k: getattr(args, k) for k in ("width", "blocks", "layers", "channels", "batch", "iters")}
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], env=child_env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config), str(Path(__file__).parent)], env=child_env, check=True,
                          capture_output=True, text=True, timeout=args.timeout).stdout
     return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 

@@ -28,7 +28,10 @@ def probe(setup: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero control")
+FLUSH_SUPPORTED = torch.set_flush_denormal(False)  # False: this CPU has no flush-to-zero control
+
+
+@pytest.mark.skipif(not FLUSH_SUPPORTED, reason="this CPU has no flush-to-zero control")
 def test_configure_cpu_flushes_denormals_on_every_thread():
     kept = probe("")
     assert kept["one"] > 0 and kept["many_nonzero"] == 4_000_000  # the probe sees denormals when nothing is set
@@ -46,6 +49,7 @@ def test_stages_apply_and_record_the_settings(tmp_path):
                          cwd=tmp_path).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["cpu"]["threads"] >= 1
+    assert result["cpu"]["flush_denormal"] is FLUSH_SUPPORTED
     if result["cpu"]["flush_denormal"]:
         assert result["one"] == 0.0
 

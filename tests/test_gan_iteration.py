@@ -57,11 +57,12 @@ def assert_same_grads(fast: CycleGan, reference: ReferenceCycleGan) -> None:
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=f"grad of {name}.{pname}")
 
 
-@pytest.mark.parametrize("weights", [{}, PLAIN, {"identity": 0.0}, {"lipschitz": 0.0, "task": 0.0}],
-                         ids=["all terms", "plain CycleGAN", "no identity", "similarity only"])
-def test_one_step_same_losses_and_gradients(weights):
-    fast, reference = pair(weights)
-    x, labels, y = next(batches(1))
+@pytest.mark.parametrize("weights, channels", [({}, 1), (PLAIN, 1), ({"identity": 0.0}, 1),
+                                               ({"lipschitz": 0.0, "task": 0.0}, 1), ({}, 3)],
+                         ids=["all terms", "plain CycleGAN", "no identity", "similarity only", "all terms, RGB"])
+def test_one_step_same_losses_and_gradients(weights, channels):
+    fast, reference = pair(weights, channels=channels)
+    x, labels, y = next(batches(1, channels=channels))
     a, b = fast.train_step(x, labels, y), reference.train_step(x, labels, y)
     assert set(a) == set(b)
     for key in a:

@@ -102,8 +102,9 @@ def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here."""
-    return torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(127.5).sub_(1.0)
+    """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here;
+    a batch ``(N, H, W, C)`` gives ``(N, C, H, W)``."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, -3))).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(batch: torch.Tensor) -> np.ndarray:
@@ -156,18 +157,21 @@ class ImageSet(Dataset):
         image = self.image(i)
         if self.transform is not None:
             image = self.transform(image)
+        return to_tensor(image), self.label(i)
+
+    def label(self, i: int) -> int:
+        """The class index of item ``i``, -1 when unlabelled."""
         label = self.entries[i].label
-        return to_tensor(image), (label if label is not None else -1)
+        return label if label is not None else -1
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Items ``indices`` stacked: ``(N, C, H, W)`` images and ``(N,)`` labels, what stacking
         ``self[i]`` gives. A preloaded split without a transform is sliced and converted in one go
         (no per-image work: the GAN's data path); otherwise item by item."""
-        labels = torch.tensor([-1 if self.entries[i].label is None else self.entries[i].label for i in indices])
+        labels = torch.tensor([self.label(i) for i in indices])
         if self._decoded is None or self.transform is not None:
             return torch.stack([self[i][0] for i in indices]), labels
-        images = torch.from_numpy(self._decoded[np.asarray(indices, dtype=np.int64)])
-        return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous(), labels
+        return to_tensor(self._decoded[np.asarray(indices, dtype=np.int64)]), labels
 
     def targets(self) -> list[int]:
         if not self.labels:
