@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from pipeline import methods
 from pipeline.methods.base import MethodContext, StepBatch
@@ -33,13 +34,22 @@ def blobs(n: int, shift: float, generator: torch.Generator) -> tuple[torch.Tenso
     return x, y
 
 
-def train(method_name: str, raw_params: dict, steps: int = 400) -> float:
+class LiftedNet(LinearNet):
+    """``x -> (x + (0, 4), W x + b)``: features lifted off the origin, so that their directions (what
+    clustering compares) separate the blobs as their positions do, like pooled ReLU features."""
+
+    def forward(self, x):
+        return x + torch.tensor([0.0, 4.0]), self.head(x)
+
+
+def train(method_name: str, raw_params: dict, steps: int = 400, net_class: type = LinearNet) -> float:
     """Train a linear classifier on the source blobs with ``method``; accuracy on the shifted target blobs."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     xs, ys = blobs(512, 0.0, g)
     xt, yt = blobs(512, 1.6, g)          # the source boundary x = 0 cuts through the target's class-0 blob
-    net = LinearNet()
+    real = TensorDataset(xt, -torch.ones(512))
+    net = net_class()
     cls = methods.get(method_name)
     method = cls(methods.parse_params(method_name, raw_params, "params"), MethodContext(2, 2, torch.device("cpu"), KINDS["classification"]))
     optimizer = torch.optim.Adam([*net.parameters(), *(p for m in method.modules().values() for p in m.parameters())],
@@ -48,7 +58,8 @@ def train(method_name: str, raw_params: dict, steps: int = 400) -> float:
         i = torch.randint(0, 512, (64,), generator=g)
         j = torch.randint(0, 512, (64,), generator=g)
         views = {"weak": xt[j], "strong": xt[j] + 0.3 * torch.randn(64, 2, generator=g), "target": xt[j]}
-        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()}), step / steps)
+        method.before_step(net, step, real)
+        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()}, j), step / steps)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -58,9 +69,48 @@ def train(method_name: str, raw_params: dict, steps: int = 400) -> float:
 
 def test_self_training_raises_target_accuracy_where_source_only_fails():
     source_only = train("supervised", {})
-    self_trained = train("self_training", {"weak": None, "strong": "strong", "ramp": 0.2})
+    self_trained = train("self_training", {"weak": None, "strong": "strong", "ramp": 0.2, "pseudo_labels": "prediction"})
     assert source_only < 0.92                      # the shifted class-0 blob straddles the source boundary
     assert self_trained > 0.97 and self_trained > source_only + 0.05
+
+
+def test_self_training_on_cluster_labels_raises_target_accuracy_too():
+    source_only = train("supervised", {}, net_class=LiftedNet)
+    self_trained = train("self_training", {"weak": None, "strong": "strong", "ramp": 0.2, "refresh": 20},
+                         net_class=LiftedNet)
+    assert source_only < 0.92 and self_trained > 0.97
+
+
+def test_cluster_labels_refresh_every_n_steps_and_survive_a_checkpoint():
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    method = methods.get("self_training")(methods.parse_params("self_training", {"refresh": 3}, "params"), ctx)
+    g = torch.Generator().manual_seed(0)
+    xt, yt = blobs(64, 0.0, g)
+    net = LiftedNet()
+    with torch.no_grad():      # a head that is right on the blobs: the clusters are the classes
+        net.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        net.head.bias.zero_()
+    real = TensorDataset(xt, -torch.ones(64))
+    tables = []
+    for step in range(7):
+        method.before_step(net, step, real)
+        tables.append(method.cluster_table)
+    assert [tables[k] is tables[k - 1] for k in range(1, 7)] == [True, True, False, True, True, False]
+    assert torch.equal(tables[-1], yt)
+    resumed = methods.get("self_training")(method.params, ctx)
+    resumed.load_state_dict(method.state_dict())
+    assert torch.equal(resumed.cluster_table, yt)
+    resumed.before_step(net, 7, real)                 # not a refresh step: the restored table is kept
+    assert resumed.cluster_table is not None and torch.equal(resumed.cluster_table, yt)
+    # the unlabelled loss teaches each real image its cluster label, not the prediction
+    with torch.no_grad():
+        net.head.weight.mul_(-1)                        # now every prediction is the wrong class
+    weak = strong = xt[:8]
+    out = method.loss(net, StepBatch(xt[:8], yt[:8], {"weak": weak, "strong": strong}, torch.arange(8)), 0.9)
+    logits = net(strong)[1]
+    expected = torch.nn.functional.cross_entropy(logits, yt[:8], reduction="none")
+    assert out.stats["mask_rate"] == 1.0
+    torch.testing.assert_close(out.terms["unlabelled"], expected.mean())
 
 
 class FeatureNet(nn.Module):

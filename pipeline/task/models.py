@@ -107,6 +107,15 @@ def classify_features(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return model.get_classifier()(features)
 
 
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The linear layer that maps :func:`extract_features` to the logits (``target_head`` replaces it)."""
+    head = model.head if isinstance(model, SmallCNN) else model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"target_head: the classifier of {type(model).__name__} is a "
+                         f"{type(head).__name__}, not one linear layer; use target_head: false")
+    return head
+
+
 def feature_dim(model: nn.Module) -> int:
     """Size ``D`` of the features returned by :func:`extract_features`."""
     return int(model.num_features)

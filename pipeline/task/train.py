@@ -21,7 +21,9 @@ collapses (ends below :data:`COLLAPSE_RATIO` of its best) exports its best round
 so (the guard that catches an adversarial method destroying what it learned from the source).
 
 A variant with ``target_bn: true`` has the exported model's BatchNorm statistics re-estimated on the
-unlabelled real training images (AdaBN, :mod:`pipeline.task.batchnorm`) after selection.
+unlabelled real training images (AdaBN, :mod:`pipeline.task.batchnorm`) after selection; with
+``target_head: true`` its classifier then becomes the class prototypes of those images
+(:mod:`pipeline.task.prototypes`). The label-free scores are measured on the model as exported.
 
 Data order and augmentations come from generators seeded by ``(seed, round, ...)``, and a
 checkpoint holds every network, the optimiser, the method's state and the RNG states, so a resumed
@@ -60,6 +62,8 @@ from pipeline.reproducibility import code_digest, content_digest, derive_seed, s
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
 from pipeline.task.kinds import task_kind
+from pipeline.task.models import classifier_layer
+from pipeline.task.prototypes import fit_prototype_head
 
 logger = logging.getLogger(__name__)
 
@@ -268,11 +272,13 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         set_lr(optimizer, lr)
         x, y = samplers.labelled.load(labelled_idx[i])
         y = kind.to_device(y, rt.device)
-        target = {}
+        target, index = {}, None
         if target_idx is not None:
-            stacked, _ = samplers.target.load(target_idx[i])
+            index = target_idx[i]
+            stacked, _ = samplers.target.load(index)
             target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
-        out = method.loss(net, StepBatch(x.to(rt.device), y, target), p)
+        method.before_step(net, run.step, data.target.images if data.target is not None else None)
+        out = method.loss(net, StepBatch(x.to(rt.device), y, target, index), p)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -420,6 +426,11 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
             layers = adapt_batchnorm(kind.batchnorm_module(result.model), real)
             result.metrics["target_bn_layers"] = layers
             log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
+        if v.target_head:
+            result.metrics["target_head_stats"] = fit_prototype_head(
+                kind.network(result.model), classifier_layer(result.model), real)
+            log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
+                     ", ".join(f"{k} {val:.3f}" for k, val in result.metrics["target_head_stats"].items()))
         result.metrics["label_free"] = kind.label_free(result.model, real, data.val, rt.device, params.seed)
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
@@ -450,6 +461,7 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
         "variant": variant, "method": v.method, "uses_target_labels": target_labels,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
         "selected_source_val_acc": run.best_val_acc, "warnings": warnings, "target_bn": v.target_bn,
+        "target_head": v.target_head,
         "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
