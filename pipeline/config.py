@@ -180,7 +180,7 @@ class VariantParams:
     params: dict = field(default_factory=dict)   # the method's own, validated by its Params dataclass
     steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)
     target_bn: bool = False      # re-estimate BatchNorm statistics on the unlabelled real images before export (AdaBN)
-    target_head: bool = False    # then make the classifier the class prototypes of the real images (classification)
+    target_head: bool = False    # then make the classifier the class prototypes of the real images (classification; skipped for detection)
 
 
 @dataclass(frozen=True)
@@ -332,9 +332,6 @@ def _validate_method(p: Params, name: str, v: VariantParams) -> None:
     if p.task.kind not in kinds:
         raise ConfigError(f"variants.{name}.method: {v.method!r} works for task.kind {' or '.join(kinds)}, not "
                           f"{p.task.kind!r}; remove variants.{name} or choose another method")
-    if v.target_head and p.task.kind != "classification":
-        raise ConfigError(f"variants.{name}.target_head: class prototypes need task.kind classification, not "
-                          f"{p.task.kind!r}; set it to false")
     pipelines = sorted(p.augment)
     if v.augment not in p.augment:
         raise ConfigError(f"variants.{name}.augment: {v.augment!r} is not a pipeline of 'augment'; "

@@ -135,6 +135,7 @@ def test_every_default_method_trains_a_detector(prepared, tmp_path, variant):
         assert "loss/domain" in result.history[-1] and "domain_acc" in result.history[-1]
     if variant == "randomized_st":                  # pseudo-boxes were found and trained on
         assert result.history[-1]["mask_rate"] > 0 and result.history[-1]["loss/unlabelled"] > 0
+        assert params.variant(variant).target_head and result.metrics["target_head"] is False   # skipped
 
 
 def test_gan_task_loss_of_a_detector_reaches_the_generator(prepared):

@@ -11,13 +11,11 @@ import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.config import ConfigError, parse_params
-from pipeline.distributed import Runtime
+from pipeline.config import parse_params
 from pipeline.task.kinds import FeaturesAndLogits
 from pipeline.task.models import classifier_layer
 from pipeline.task.prototypes import cluster_labels, fit_prototype_head, matching_scale, mean_entropy
-from pipeline.task.train import train_task_model
-from tinydata import RecordingTracker, tiny_prepared, tiny_task_raw
+from tinydata import train_tiny_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 DIRECTIONS = torch.tensor([[4.0, 0.5, 0.5], [0.5, 4.0, 0.5], [0.5, 0.5, 4.0]])
@@ -113,19 +111,14 @@ def test_a_classifier_that_is_not_one_linear_layer_is_refused():
 
 
 def test_variant_flag_exports_the_prototype_head(tmp_path):
-    prepared = tiny_prepared(tmp_path)
-    raw = tiny_task_raw(tmp_path, prepared)
-    raw["variants"]["source_only"]["target_head"] = True
-    params = parse_params(raw)
-    result = train_task_model(params, "source_only", Runtime(torch.device("cpu")), RecordingTracker(),
-                              tmp_path / "ckpt", tmp_path / "reports", prepared=prepared)
+    result, _ = train_tiny_variant(tmp_path, target_head=True)
     assert result.metrics["target_head"] is True and set(result.metrics["target_head_stats"]) == {
         "changed", "cluster_share_min", "cluster_share_max"}
     assert torch.equal(result.model.head.bias, torch.zeros_like(result.model.head.bias))
     assert "target_im" in result.metrics["label_free"]     # measured on the model as exported
 
+    # a detection project keeps the shipped variants: the flag is accepted there and skipped (the
+    # detection stage test trains randomized_st and checks it)
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     shipped["task"]["kind"] = "detection"
-    shipped["variants"]["source_only"]["target_head"] = True
-    with pytest.raises(ConfigError, match=r"variants\.source_only\.target_head"):
-        parse_params(shipped)
+    assert parse_params(shipped).variant("randomized_st").target_head is True

@@ -7,12 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.distributed import Runtime
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import load_task_model
-from pipeline.task.train import export_task_model, train_task_model
-from tinydata import RecordingTracker, tiny_prepared, tiny_task_raw
-from pipeline.config import parse_params
+from pipeline.task.train import export_task_model
+from tinydata import RecordingTracker, train_tiny_variant
 
 
 def test_statistics_become_those_of_the_images_and_weights_stay():
@@ -43,12 +41,7 @@ def test_a_model_without_batchnorm_is_left_alone():
 
 @pytest.mark.parametrize("target_bn", [False, True])
 def test_variant_flag_exports_real_image_statistics(tmp_path, target_bn):
-    prepared = tiny_prepared(tmp_path)
-    raw = tiny_task_raw(tmp_path, prepared)
-    raw["variants"]["source_only"]["target_bn"] = target_bn
-    params = parse_params(raw)
-    result = train_task_model(params, "source_only", Runtime(torch.device("cpu")), RecordingTracker(),
-                              tmp_path / "ckpt", tmp_path / "reports", prepared=prepared)
+    result, prepared = train_tiny_variant(tmp_path, target_bn=target_bn)
     export_task_model(result, tmp_path / "model", RecordingTracker())
     model, _ = load_task_model(tmp_path / "model" / "model.pt")
     first = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))

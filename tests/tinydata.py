@@ -81,6 +81,22 @@ def tiny_params(root: Path, prepared: Path, seed: int = 0, **task):
     return parse_params({**tiny_task_raw(root, prepared, **task), "seed": seed})
 
 
+def train_tiny_variant(root: Path, variant: str = "source_only", **fields):
+    """Tiny data under ``root``, then ``variant`` (its entry updated with ``fields``) trained on CPU;
+    returns ``(TrainResult, prepared folder)``."""
+    import torch
+
+    from pipeline.distributed import Runtime
+    from pipeline.task.train import train_task_model
+
+    prepared = tiny_prepared(root)
+    raw = tiny_task_raw(root, prepared)
+    raw["variants"][variant].update(fields)
+    result = train_task_model(parse_params(raw), variant, Runtime(torch.device("cpu")), RecordingTracker(),
+                              root / "ckpt", root / "reports", prepared=prepared)
+    return result, prepared
+
+
 class RecordingTracker:
     """Collects what a stage logs (the NullTracker interface, with memory)."""
 

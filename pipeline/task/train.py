@@ -426,7 +426,9 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
             layers = adapt_batchnorm(kind.batchnorm_module(result.model), real)
             result.metrics["target_bn_layers"] = layers
             log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
-        if v.target_head:
+        if v.target_head and kind.name != "classification":
+            log.info("%s: target_head skipped: class prototypes are for task.kind classification", variant)
+        elif v.target_head:
             result.metrics["target_head_stats"] = fit_prototype_head(
                 kind.network(result.model), classifier_layer(result.model), real)
             log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
@@ -461,7 +463,7 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
         "variant": variant, "method": v.method, "uses_target_labels": target_labels,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
         "selected_source_val_acc": run.best_val_acc, "warnings": warnings, "target_bn": v.target_bn,
-        "target_head": v.target_head,
+        "target_head": v.target_head and params.task.kind == "classification",
         "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
