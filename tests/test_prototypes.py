@@ -14,7 +14,9 @@ from torch.utils.data import TensorDataset
 from pipeline.config import parse_params
 from pipeline.task.kinds import FeaturesAndLogits
 from pipeline.task.models import classifier_layer
-from pipeline.task.prototypes import cluster_labels, fit_prototype_head, matching_scale, mean_entropy
+from pipeline.metrics.label_free import mean_entropy
+from pipeline.task.clustering import cluster_labels
+from pipeline.task.prototypes import fit_prototype_head, matching_scale
 from tinydata import train_tiny_variant
 
 ROOT = Path(__file__).resolve().parents[1]

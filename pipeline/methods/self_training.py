@@ -20,7 +20,7 @@ is on the labelled domain instead of a fixed 0.95 the shifted domain may never r
 
 Cluster labels (classification): every ``refresh`` steps the whole unaugmented real training set is
 clustered in feature space, one cluster per class seeded by the model's aligned predictions
-(:func:`pipeline.task.prototypes.cluster_labels`, as SHOT's self-supervised pseudo-labels, Liang et
+(:func:`pipeline.task.clustering.cluster_labels`, as SHOT's self-supervised pseudo-labels, Liang et
 al. 2020). An image's pseudo-label is then its cluster's class, which uses where the *other* real
 images lie rather than only the model's reading of this one; the confidence mask still decides which
 images are taught. On the built-in scenario (seed 0, 1,800 steps) this raised the held-out accuracy
@@ -129,7 +129,7 @@ class SelfTraining(Method):
         if not self.uses_clusters or real is None:
             return
         if step % self.params.refresh == 0 or self.cluster_table is None:
-            from pipeline.task.prototypes import cluster_labels, features_and_probs
+            from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
             if self.params.alignment:

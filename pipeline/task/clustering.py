@@ -1,0 +1,69 @@
+"""Clustering the unlabelled real images in feature space, seeded by the model's predictions.
+
+Real images of one class usually sit close together in a network's feature space even where the
+classifier head, trained on synthetic images, draws the class borders in the wrong places (SHOT,
+Liang, Hu & Feng 2020, "Do we really need to access the source data?", Sec. 3.2). With
+L2-normalised features ``f_i`` of the real images and the model's class probabilities ``p_ik``:
+
+    c_k    = normalise( sum_i p_ik f_i )                 soft seeds: the model's view of class k
+    l_i    = argmax_k  cos(f_i, c_k)                     assignment
+    c_k    = normalise( sum_{i: l_i = k} f_i )           hard update (spherical k-means), repeated
+
+Self-training teaches ``l`` as pseudo-labels; :mod:`pipeline.task.prototypes` makes ``c`` the
+classifier. This module imports nothing from the project, so the methods that use it keep a small
+import closure (and with it every stage's DVC code deps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels (N,), centroids (K, D))`` by the formulas of the module docstring.
+
+    ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids.
+    ``iterations`` hard updates follow the soft seeding (0: assign to the soft seeds). A class no image
+    is assigned to keeps its previous centroid, so every class stays a candidate.
+    """
+    if features.ndim != 2 or probs.ndim != 2 or len(features) != len(probs):
+        raise ValueError(f"cluster_labels: expected features (N, D) and probs (N, K), got "
+                         f"{tuple(features.shape)} and {tuple(probs.shape)}")
+    f = F.normalize(features.float(), dim=1)
+    centroids = F.normalize(probs.float().t() @ f, dim=1)
+    labels = (f @ centroids.t()).argmax(1)
+    for _ in range(iterations):
+        sums = F.one_hot(labels, probs.shape[1]).float().t() @ f
+        filled = sums.norm(dim=1) > 0
+        centroids = torch.where(filled[:, None], F.normalize(sums, dim=1), centroids)
+        labels = (f @ centroids.t()).argmax(1)
+    return labels, centroids
+
+
+@torch.no_grad()
+def features_and_probs(net: nn.Module, images: Dataset, device: torch.device | str = "cpu",
+                       batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, class probabilities)`` of every image, in order, with ``net`` (``x -> (f, logits)``)
+    in eval mode; every submodule gets its own mode back after (a wrapper built for the call may be
+    in another mode than the model it wraps)."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    feats, probs = [], []
+    try:
+        if hasattr(images, "batch"):    # an in-memory ImageSet slices whole batches
+            batches = (images.batch(list(range(s, min(s + batch_size, len(images)))))
+                       for s in range(0, len(images), batch_size))
+        else:
+            batches = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0)
+        for x, _ in batches:
+            f, logits = net(x.to(device))
+            feats.append(f.flatten(1).float().cpu())
+            probs.append(logits.float().softmax(1).cpu())
+    finally:
+        for m, training in modes:
+            m.training = training
+    return torch.cat(feats), torch.cat(probs)
