@@ -103,8 +103,10 @@ def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here;
-    a batch ``(N, H, W, C)`` gives ``(N, C, H, W)``."""
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, -3))).float().div_(127.5).sub_(1.0)
+    a batch ``(N, H, W, C)`` gives ``(N, C, H, W)``. A read-only input (a decoded cache) is copied
+    rather than shared, which torch would warn about."""
+    chw = np.require(np.moveaxis(image, -1, -3), requirements=("C_CONTIGUOUS", "WRITEABLE"))
+    return torch.from_numpy(chw).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(batch: torch.Tensor) -> np.ndarray:
