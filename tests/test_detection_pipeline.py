@@ -21,7 +21,7 @@ TINY_DETECTION = {
             "batch_size": 4, "epochs": 1, "decay_epochs": 1, "steps_per_epoch": 2, "pool_size": 4,
             "diagnostics_samples": 8},
     "task": {"kind": "detection", "steps": 4, "eval_every": 2, "batch_size": 8, "detector": {"width": 4}},
-    "variants": {"randomized_st": {"steps": 4}},
+    "variants": {"randomized_st": {"steps": 4}, "dann": {"steps": 4}},
 }
 
 

@@ -23,7 +23,7 @@ TINY = {
     "data": {"image_size": 32, "scene": {"train_count": 24, "val_count": 8, "real_train_count": 16,
                                          "real_test_count": 8}},
     "task": {"kind": "detection", "steps": 4, "eval_every": 2, "batch_size": 8, "detector": {"width": 4}},
-    "variants": {"randomized_st": {"steps": 4, "params": {"ramp": 0.0, "box_threshold": 0.01}}},
+    "variants": {"randomized_st": {"steps": 4, "params": {"ramp": 0.0, "box_threshold": 0.01}}, "dann": {"steps": 4}},
 }
 
 

@@ -19,7 +19,7 @@ TINY = {
             "batch_size": 4, "epochs": 1, "decay_epochs": 1, "steps_per_epoch": 2, "pool_size": 4,
             "diagnostics_samples": 24},
     "task": {"width": 4, "steps": 4, "eval_every": 2, "batch_size": 32},
-    "variants": {"randomized_st": {"steps": 4}},
+    "variants": {"randomized_st": {"steps": 4}, "dann": {"steps": 4}},
 }
 
 

@@ -67,6 +67,12 @@ def make_user_folders(root: Path, classes: list[str]) -> None:
         _image(root / "real_test" / classes[label] / f"t{i}.png", rng, label, modes[(i + 1) % 2], SIZES[(i + 3) % len(SIZES)])
 
 
+def test_readme_example_keeps_the_shipped_variants_but_the_oracle(default_raw):
+    """A user following the README gets the shipped adaptation variants, not an older copy of them."""
+    shipped = {name: v for name, v in default_raw["variants"].items() if name != "target_oracle"}
+    assert readme_own_data_block()["variants"] == shipped
+
+
 @pytest.mark.slow
 def test_readme_own_data_example_runs_every_stage_with_mlflow(tmp_path, default_raw):
     from mlflow.tracking import MlflowClient
@@ -79,6 +85,8 @@ def test_readme_own_data_example_runs_every_stage_with_mlflow(tmp_path, default_
         assert readme_path in text, f"README example no longer names {readme_path}"
         text = text.replace(readme_path, str(users / name))
     raw = {**default_raw, **yaml.safe_load(text)}          # the user replaces the sections the README shows
+    for variant in raw["variants"].values():               # tiny budgets: task.steps for every variant
+        variant.pop("steps", None)
     repo = make_project_copy(tmp_path / "repo", deep_update(raw, TINY_BUDGETS))
 
     env = {**dvc_env(), "SIM2REAL_TRACKING": "on"}
