@@ -23,6 +23,15 @@ def deep_update(base: dict, overrides: dict) -> dict:
     return out
 
 
+def tiny_budget(raw: dict, overrides: dict) -> dict:
+    """``raw`` updated with ``overrides``, then every variant's own ``steps`` dropped: the tiny
+    ``task.steps`` is then every variant's budget, whatever steps the shipped variants are given."""
+    out = deep_update(raw, overrides)
+    for variant in out.get("variants", {}).values():
+        variant.pop("steps", None)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_no_tracking(monkeypatch):
     import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import deep_update, dvc_env, make_project_copy
+from conftest import dvc_env, make_project_copy, tiny_budget
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -21,7 +21,6 @@ TINY_DETECTION = {
             "batch_size": 4, "epochs": 1, "decay_epochs": 1, "steps_per_epoch": 2, "pool_size": 4,
             "diagnostics_samples": 8},
     "task": {"kind": "detection", "steps": 4, "eval_every": 2, "batch_size": 8, "detector": {"width": 4}},
-    "variants": {"randomized_st": {"steps": 4}, "dann": {"steps": 4}},
 }
 
 
@@ -31,7 +30,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_tiny_detection_dvc_repro(tmp_path, default_raw):
-    raw = deep_update(default_raw, TINY_DETECTION)
+    raw = tiny_budget(default_raw, TINY_DETECTION)
     repo = make_project_copy(tmp_path / "repo", raw)
     run = _dvc(repo, "repro")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import deep_update
+from conftest import deep_update, tiny_budget
 from pipeline.config import ConfigError, parse_params
 from pipeline.data.coco import CocoError
 from pipeline.data.prepare_detection import prepare_detection
@@ -23,13 +23,13 @@ TINY = {
     "data": {"image_size": 32, "scene": {"train_count": 24, "val_count": 8, "real_train_count": 16,
                                          "real_test_count": 8}},
     "task": {"kind": "detection", "steps": 4, "eval_every": 2, "batch_size": 8, "detector": {"width": 4}},
-    "variants": {"randomized_st": {"steps": 4, "params": {"ramp": 0.0, "box_threshold": 0.01}}, "dann": {"steps": 4}},
+    "variants": {"randomized_st": {"params": {"ramp": 0.0, "box_threshold": 0.01}}},
 }
 
 
 @pytest.fixture
 def detection_raw(default_raw):
-    return deep_update(default_raw, TINY)
+    return tiny_budget(default_raw, TINY)
 
 
 @pytest.fixture

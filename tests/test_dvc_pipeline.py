@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import deep_update, dvc_env, make_project_copy
+from conftest import dvc_env, make_project_copy, tiny_budget
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -19,7 +19,6 @@ TINY = {
             "batch_size": 4, "epochs": 1, "decay_epochs": 1, "steps_per_epoch": 2, "pool_size": 4,
             "diagnostics_samples": 24},
     "task": {"width": 4, "steps": 4, "eval_every": 2, "batch_size": 32},
-    "variants": {"randomized_st": {"steps": 4}, "dann": {"steps": 4}},
 }
 
 
@@ -37,7 +36,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_tiny_dvc_repro_of_all_stages(tmp_path, default_raw):
-    repo = make_project_copy(tmp_path / "repo", deep_update(default_raw, TINY))
+    repo = make_project_copy(tmp_path / "repo", tiny_budget(default_raw, TINY))
     run = _dvc(repo, "repro")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     for stage in ("prepare", "train_task@source_only", "train_gan", "translate", "train_task@translated",

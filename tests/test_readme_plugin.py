@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, deep_update, dvc_env, make_project_copy
+from conftest import REPO, dvc_env, make_project_copy, tiny_budget
 
 DVC = str(Path(sys.executable).parent / "dvc")
 README_ROOTS = {"/data/sim_renders": "sim_renders", "/data/real_unlabelled": "real_unlabelled",
@@ -85,9 +85,7 @@ def test_readme_own_data_example_runs_every_stage_with_mlflow(tmp_path, default_
         assert readme_path in text, f"README example no longer names {readme_path}"
         text = text.replace(readme_path, str(users / name))
     raw = {**default_raw, **yaml.safe_load(text)}          # the user replaces the sections the README shows
-    for variant in raw["variants"].values():               # tiny budgets: task.steps for every variant
-        variant.pop("steps", None)
-    repo = make_project_copy(tmp_path / "repo", deep_update(raw, TINY_BUDGETS))
+    repo = make_project_copy(tmp_path / "repo", tiny_budget(raw, TINY_BUDGETS))
 
     env = {**dvc_env(), "SIM2REAL_TRACKING": "on"}
     env.pop("MLFLOW_TRACKING_URI", None)
