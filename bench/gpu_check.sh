@@ -4,17 +4,44 @@
 #   2. one default `dvc repro` with gan.device: cuda, in a throw-away git copy, timed per stage;
 #   3. the test suite with CUDA visible (device: auto picks it).
 # Missing packages may travel as wheels in .whl/ (see the device tool's README); results go to $OUT.
+# Everything else it writes goes under one scratch folder (mktemp, in $TMPDIR or /tmp), removed on exit
+# however the script ends; nothing is written into the interpreter's own folder.
 set -u
 OUT=${OUT:-/tmp/sim2real-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1
 REPO=$PWD
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/sim2real-gpu-check.XXXXXX") || exit 1
+trap 'rm -rf "$SCRATCH"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# interpreter_overlay DIR TOOLS_DIR TOOL...: a throw-away interpreter folder DIR/bin holding a venv of the
+# same Python that also loads the real interpreter's packages (a .pth), and links to TOOLS_DIR/TOOL.
+# Tests look for dvc beside the interpreter (Path(sys.executable).parent / "dvc"); with DIR/bin first on
+# PATH they find it there, and the real interpreter's folder is left as it was.
+interpreter_overlay() {
+  local dir=$1 tools=$2 tool; shift 2
+  python3 -m venv --without-pip "$dir" && [ -x "$dir/bin/python3" ] || return 1
+  local purelib
+  purelib=$("$dir/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && [ -d "$purelib" ] \
+    || return 1
+  python3 -c 'import site; print("".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages()))' \
+    > "$purelib/sim2real-gpu-check.pth" || return 1
+  for tool in "$@"; do [ -e "$tools/$tool" ] && ln -s "$tools/$tool" "$dir/bin/$tool"; done
+  return 0
+}
+
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  site=$SCRATCH/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
     || exit 1
-  export PYTHONPATH=/tmp/site:$REPO PATH=/tmp/site/bin:$PATH
-  bindir=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
-  for tool in dvc mlflow; do [ -e "$bindir/$tool" ] || ln -s "/tmp/site/bin/$tool" "$bindir/$tool"; done
+  export PYTHONPATH=$site:$REPO PATH=$site/bin:$PATH
+  if interpreter_overlay "$SCRATCH/python" "$site/bin" dvc mlflow; then
+    export PATH=$SCRATCH/python/bin:$PATH
+  else
+    echo "warning: no throw-away interpreter folder; tests that look for dvc beside python3 will not find it" >&2
+  fi
 fi
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
@@ -38,8 +65,8 @@ section "bench"
 } 2>&1 | tee "$OUT/bench.log"
 
 section "default dvc repro with gan.device: cuda"
-work=/tmp/sim2real-repro
-rm -rf "$work" && mkdir -p "$work"
+work=$SCRATCH/repro
+mkdir -p "$work"
 cp -r pipeline stages dvc.yaml params.yaml pyproject.toml .dvc .dvcignore .gitignore "$work"/
 (
   cd "$work" && sed -i 's/^  device: auto            # auto | cpu | cuda/  device: cuda/' params.yaml

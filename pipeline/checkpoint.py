@@ -4,7 +4,9 @@ A checkpoint holds everything needed to continue exactly: networks, optimisers, 
 extra state (an image pool), the RNG states, epoch and step, plus the fingerprint of the params that
 produced it. Files are written to a temporary name and renamed, and loaded with
 ``torch.load(weights_only=True)``, so only tensors and plain containers are stored.
-A checkpoint made with other params is never silently reused: it is moved aside with a warning.
+A checkpoint made with other params is never silently reused: it is moved aside to
+``stale-<fingerprint>.pt`` with a warning. Only the :data:`KEEP_STALE` most recently moved aside are
+kept in a folder; older ones are deleted, and the log names each file deleted.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any
 
 import torch
 
+from pipeline.io import atomic_file
 from pipeline.reproducibility import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
+STALE_PATTERN = "stale-*.pt"
+KEEP_STALE = 3   # checkpoints of other params kept beside last.pt (the most recently moved aside)
 
 
 class CheckpointError(ValueError):
@@ -31,15 +36,12 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path`` (:func:`pipeline.io.atomic_file`):
+    a failed save leaves no temporary file and the previous ``path`` intact."""
+    with atomic_file(path, "wb") as fh:
         torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # What torch's weights-only unpickler says when a pickle asks for something beyond tensors and plain
@@ -120,12 +122,32 @@ class Checkpointer:
             return None
         state = load_weights_only(self.path, map_location)
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            stale = self.path.with_name(f"stale-{state.get('fingerprint', 'unknown') if isinstance(state, dict) else 'unknown'}.pt")
-            os.replace(self.path, stale)
-            log.warning("%s was made with other params (fingerprint %s, now %s); moved to %s and starting afresh",
-                        self.path, state.get("fingerprint") if isinstance(state, dict) else None,
-                        self.fingerprint, stale.name)
+            self._move_aside(state.get("fingerprint") if isinstance(state, dict) else None)
             return None
         set_rng_state(state["rng"])
         log.info("resuming from %s (epoch %s)", self.path, state.get("epoch"))
         return state
+
+    def _move_aside(self, fingerprint: str | None) -> Path:
+        """Rename ``last.pt`` (made with params ``fingerprint``) to ``stale-<fingerprint>.pt``, then prune
+        the folder to the :data:`KEEP_STALE` most recently moved aside."""
+        stale = self.path.with_name(f"stale-{fingerprint or 'unknown'}.pt")
+        os.replace(self.path, stale)
+        os.utime(stale)   # its age is now when it was moved aside, which the pruning goes by
+        log.warning("%s was made with other params (fingerprint %s, now %s); moved to %s and starting afresh",
+                    self.path, fingerprint, self.fingerprint, stale.name)
+        prune_stale(self.folder)
+        return stale
+
+
+def prune_stale(folder: str | Path, keep: int = KEEP_STALE) -> list[Path]:
+    """Delete all but the ``keep`` newest (by modification time) ``stale-*.pt`` of ``folder``, so
+    checkpoints of abandoned params do not pile up without limit; logs and returns what was deleted."""
+    stale = sorted(Path(folder).glob(STALE_PATTERN), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    removed = stale[keep:]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.warning("removed %d older checkpoint(s) of other params from %s (the newest %d are kept): %s",
+                    len(removed), folder, keep, ", ".join(p.name for p in removed))
+    return removed

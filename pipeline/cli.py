@@ -21,9 +21,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data.manifest import HeldOutLabelsError, ManifestError
     from pipeline.data.prepare import PrepareError
     from pipeline.guards import NonFiniteLossError
+    from pipeline.io import DiskFullError   # a full disk: the message names what could not be written
 
     return (ConfigError, BadImageError, ManifestError, PrepareError, HeldOutLabelsError, CheckpointError,
-            NonFiniteLossError, FileNotFoundError, UserError)
+            NonFiniteLossError, FileNotFoundError, DiskFullError, UserError)
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:

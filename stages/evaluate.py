@@ -14,7 +14,7 @@ from pipeline import cli
 from pipeline.config import load_params
 from pipeline.distributed import resolve_device
 from pipeline.provenance import execution, provenance
-from pipeline.task.evaluate import TARGET_TEST, evaluate_variant
+from pipeline.task.evaluate import TARGET_TEST, check_heldout, evaluate_variant
 from pipeline.tracking import stage_run
 
 
@@ -23,12 +23,14 @@ def main(argv: Sequence[str]) -> None:
     ap.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--models", default="models/task")
-    ap.add_argument("--test", default=str(TARGET_TEST))
+    ap.add_argument("--test", default=str(TARGET_TEST),
+                    help="the held-out test split made by prepare (a folder holding the HELDOUT marker)")
     ap.add_argument("--reports", default="reports/eval")
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
     params.variant(args.variant)
+    check_heldout(args.test)   # before a tracking run is opened for a request that is refused
     device = resolve_device(params.task.device, "task.device")
     with stage_run("evaluate", params, args.variant) as tracker:
         tracker.log_dataset(args.test, context="test")

@@ -99,3 +99,37 @@ def test_dann_aligns_features_on_a_toy_problem():
     assert abs(acc_aligned - 0.5) < 0.15
     assert loss_aligned > 0.6 > loss_fixed
     assert loss_aligned == pytest.approx(math.log(2), abs=0.05)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("gamma", -1.0, "non-negative"),
+    ("gamma", float("nan"), "finite"),
+    ("alpha", -2.0, "non-negative"),          # (1 + alpha p) < 0 late in training: a complex learning rate
+    ("alpha", float("inf"), "finite"),
+    ("beta", -0.75, "non-negative"),
+    ("beta", float("nan"), "finite"),
+    ("trade_off", float("inf"), "finite"),
+    ("hidden", 0, "a positive integer"),
+])
+def test_bad_dann_params_are_refused_naming_the_key(default_raw, field, value, expected):
+    """Every numeric DANN field is checked when params.yaml is parsed, so a bad value stops the stage
+    with the key instead of a complex or NaN learning rate mid-training."""
+    from conftest import deep_update
+    from pipeline.config import ConfigError, parse_params
+
+    raw = deep_update(default_raw, {"variants": {"dann": {"params": {field: value}}}})
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"variants.dann.params.{field}: expected" in message and expected in message and "\n" not in message
+
+
+def test_good_dann_params_parse_and_keep_a_real_learning_rate(default_raw):
+    from conftest import deep_update
+    from pipeline import methods
+    from pipeline.config import parse_params
+
+    raw = deep_update(default_raw, {"variants": {"dann": {"params": {"gamma": 0, "alpha": 0, "beta": 2.5}}}})
+    params = methods.parse_params("dann", parse_params(raw).variant("dann").params, "variants.dann.params")
+    assert (params.gamma, params.alpha, params.beta) == (0.0, 0.0, 2.5)
+    assert isinstance(dann_lr(0.99, 1e-3, params.alpha, params.beta), float)

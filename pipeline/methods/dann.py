@@ -20,6 +20,7 @@ with ``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` and, when ``annealed_lr``, the p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,8 +42,20 @@ class DannParams:
     hidden: int = 256          # discriminator width
 
     def __post_init__(self) -> None:
-        check_fields((("trade_off", self.trade_off >= 0, f"a non-negative number, got {self.trade_off}"),
-                      ("hidden", self.hidden > 0, f"a positive integer, got {self.hidden}")))
+        """Refuse values that break the schedules: a negative ``gamma`` reverses the ramp (and overflows
+        ``exp``), ``alpha < 0`` or ``beta < 0`` make the annealed rate grow (``alpha < -1`` even makes it
+        complex); NaN and infinity fail every check."""
+        check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
+            ("gamma", _finite(self.gamma) and self.gamma >= 0, "a finite non-negative number"),
+            ("alpha", _finite(self.alpha) and self.alpha >= 0, "a finite non-negative number"),
+            ("beta", _finite(self.beta) and self.beta >= 0, "a finite non-negative number"),
+            ("trade_off", _finite(self.trade_off) and self.trade_off >= 0, "a finite non-negative number"),
+            ("hidden", isinstance(self.hidden, int) and self.hidden > 0, "a positive integer")))
+
+
+def _finite(value: float) -> bool:
+    """A real number that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @register

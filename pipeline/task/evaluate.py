@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import Params
-from pipeline.data.manifest import ImageSet, heldout_test_set
-from pipeline.io import write_json
+from pipeline.data.manifest import HELDOUT_MARKER, ImageSet, heldout_test_set, is_heldout
+from pipeline.io import atomic_file, write_json
 from pipeline.metrics.classification import classification_report, plot_confusion_matrix
 from pipeline.metrics.domain_gap import proxy_a_distance
 from pipeline.task.export import MODEL_FILE, load_task_model
@@ -85,24 +85,40 @@ def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> Non
                                   f"{section}.{key}={want!r}; retrain it (dvc repro)")
 
 
+def check_heldout(test_dir: str | Path) -> Path:
+    """``test_dir`` when it is a held-out test split (prepare marked it with ``HELDOUT``), else a one-line
+    :class:`~pipeline.cli.UserError` naming it: scoring a training or validation folder would report a
+    number that looks like the test result but is not."""
+    from pipeline.cli import UserError
+
+    folder = Path(test_dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: test folder not found; expected the held-out test split made by the "
+                        f"prepare stage ({TARGET_TEST})")
+    if not is_heldout(folder):
+        raise UserError(f"{folder}: not a held-out test split (it holds no {HELDOUT_MARKER} marker); the evaluate "
+                        f"stage scores only the test split made by the prepare stage ({TARGET_TEST}), never a "
+                        f"folder used for training or validation")
+    return folder
+
+
 def write_predictions(path: str | Path, actual: Sequence[int], predicted: Sequence[int],
                       classes: Sequence[str]) -> None:
-    """``actual,predicted`` as class names, one row per test image (DVC's confusion template)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    """``actual,predicted`` as class names, one row per test image (DVC's confusion template); written
+    atomically (:func:`~pipeline.io.atomic_file`)."""
+    with atomic_file(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))
-    tmp.replace(path)
 
 
 def evaluate_variant(params: Params, variant: str, model_dir: str | Path, out_dir: str | Path, tracker,
                      test_dir: str | Path = TARGET_TEST, device: torch.device | str = "cpu",
                      pad_samples: int = PAD_SAMPLES) -> dict[str, Any]:
     """Score ``<model_dir>/model.pt`` on the real test split; write metrics.json, predictions.csv and
-    confusion.png to ``out_dir``, mirror them to ``tracker`` and return the metrics."""
+    confusion.png to ``out_dir``, mirror them to ``tracker`` and return the metrics. ``test_dir`` must be
+    a held-out split (:func:`check_heldout`), for classification and detection alike."""
+    check_heldout(test_dir)
     model_path = Path(model_dir) / MODEL_FILE
     model, meta = load_task_model(model_path, device)
     check_model_matches(meta, params, model_path)
@@ -126,7 +142,7 @@ def evaluate_variant(params: Params, variant: str, model_dir: str | Path, out_di
         "per_class_accuracy": report["per_class_accuracy"],
         "n": report["n"],
         "proxy_a_distance": proxy_a_distance(train.features, test.features, seed=params.seed),
-        "uses_target_labels": bool(meta.get("uses_target_labels", False)),
+        "uses_target_labels": meta.get("uses_target_labels"),   # None: unknown, never picked
         "selected_epoch": meta.get("selected_epoch"),
     }
 
