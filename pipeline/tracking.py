@@ -5,14 +5,18 @@
 * Parent key: ``DVC_EXP_NAME`` when DVC runs an experiment, else git commit + params hash; stages of
   the same execution find the same parent run through the tag ``sim2real.pipeline_key``.
 * Creating a fresh SQLite store races when several processes do it at once, so store creation,
-  experiment and parent lookup happen under an exclusive file lock.
+  experiment and parent lookup happen under an exclusive file lock, one per store (:func:`store_lock_path`).
+* A tracking server (``http(s)://``) is probed before a run opens (:func:`check_server`): one that does
+  not answer is one ``error:`` line naming the URI, not minutes of MLflow's retries.
 * Only rank 0 of a distributed job logs; other ranks get a :class:`NullTracker`.
 * The parent run holds every param; a child run only what is specific to it (:func:`stage_params`).
   The parent ends with :func:`end_pipeline_run` (the last stage calls it), FAILED as soon as a stage
   fails, and goes back to RUNNING when a stage of the same pipeline key starts again.
 * Runs carry MLflow's standard source, user and git tags, so the UI fills "Source" and "User";
-  :meth:`Tracker.log_dataset` fills "Datasets"; :meth:`Tracker.register_pipeline_models` registers
-  the models of a finished pipeline under stable names (:func:`registered_model_name`).
+  :meth:`Tracker.log_dataset` fills "Datasets"; :meth:`Tracker.log_model` logs an exported model as
+  a pyfunc without pickled code (:mod:`pipeline.task.mlflow_model`); :meth:`Tracker.register_pipeline_models`
+  registers the models of a finished pipeline under stable names (:func:`registered_model_name`) and
+  :meth:`Tracker.set_champion` gives the report's pick the registry alias ``champion``.
 
 DVC's ``metrics.json`` files stay the source of truth; MLflow mirrors them for comparison.
 """
@@ -23,18 +27,27 @@ import contextlib
 import dataclasses
 import fcntl
 import getpass
+import hashlib
+import http.client
+import logging
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.cli import UserError
 from pipeline.config import Params, flatten
+
+log = logging.getLogger(__name__)
 
 PIPELINE_KEY_TAG = "sim2real.pipeline_key"
 ROLE_TAG = "sim2real.role"
@@ -54,6 +67,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 MAX_PARAM_LENGTH = 6000
 MAX_KEY_LENGTH = 250                          # MLflow's limit for metric, param and tag keys
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")  # MLflow accepts letters, digits, _ . - space / (and : off Windows)
+SERVER_PROBE_TIMEOUT_S = 5.0                  # how long a tracking server may take to answer /health
+CHAMPION = "champion"                         # registry alias of the version the report picks
+EXPERIMENT_TAG = "sim2real.experiment"        # registered-model tag: the experiment that registered it
 
 
 def mlflow_key(name: Any) -> str:
@@ -133,6 +149,38 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
+class TrackingServerError(UserError):
+    """``MLFLOW_TRACKING_URI`` names a server that does not answer."""
+
+
+def check_server(uri: str, timeout: float = SERVER_PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingServerError` unless an http(s) ``uri`` answers ``GET /health`` within
+    ``timeout`` seconds; other stores (SQLite, files, databases) pass unchecked.
+
+    Why: MLflow retries a request to a silent server for minutes, so a stage would hang instead of
+    failing. Any HTTP answer below 500 counts as a server (one behind a login may refuse /health);
+    5xx is what MLflow would retry on, so it fails here too. A certificate this probe does not trust
+    counts as an answer: MLflow checks it with its own settings (``MLFLOW_TRACKING_INSECURE_TLS``, ...).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = f"{uri.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(health, timeout=timeout).close()
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} from {health}"
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, bad host or URL, not HTTP
+        cause = getattr(exc, "reason", exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return
+        reason = str(cause) or type(cause).__name__
+    raise TrackingServerError(f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers ({reason}); start it, "
+                              f"unset the variable, or set SIM2REAL_TRACKING=off")
+
+
 def experiment_name(params: Params) -> str:
     scenario = "digits" if params.data.source.format == "digits" else "custom"
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"sim2real-{scenario}"
@@ -182,13 +230,21 @@ def registered_model_name(experiment: str, suffix: str) -> str:
     return re.sub(r"[/:]", "_", f"{prefix}-{suffix}")
 
 
+def store_lock_path(uri: str) -> Path:
+    """The lock file of the store ``uri``: ``<db>.lock`` beside a SQLite file, else
+    ``<tmp>/sim2real-mlflow-<hash of the URI>.lock``, so stages logging to different servers never
+    wait for each other (a trailing ``/`` names the same server)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).with_suffix(".lock")
+    digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"sim2real-mlflow-{digest}.lock"
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    if uri.startswith("sqlite:///"):
-        lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        lock_path = Path(tempfile.gettempdir()) / "sim2real-mlflow.lock"
+    """Exclusive lock of the store ``uri`` (:func:`store_lock_path`) across processes."""
+    lock_path = store_lock_path(uri)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -254,17 +310,23 @@ class Tracker:
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT_TAG, context)])
         self.client.log_inputs(run_id or self.run_id, datasets=[entry])
 
-    def log_model(self, model, name: str, pip_requirements: list[str] | None = None) -> str:
-        """Pickle flavour with explicit requirements (0.2 s, against ~12 s for pt2, which also needs an
-        input example); returns the model URI, which ``mlflow.pytorch.load_model`` loads back. Any
-        ``nn.Module`` of this project works (task models, the plain ``ResnetGenerator``)."""
+    def log_model(self, spec, name: str) -> str:
+        """Log ``spec`` (a :class:`pipeline.task.mlflow_model.ModelSpec`: an exported weights file, its
+        signature, input example and pinned requirements) as the MLflow model ``name``; returns its URI
+        (``models:/<model id>``), which ``mlflow.pyfunc.load_model`` loads without unpickling anything.
+
+        A models-from-code pyfunc (``python_model`` is the path of ``spec.loader``), not
+        ``mlflow.pytorch``: that flavour pickles the ``nn.Module`` (code that runs on load), while the
+        weights file loads with ``torch.load(weights_only=True)`` like every model file here.
+        """
         import mlflow
-        import mlflow.pytorch
+        import mlflow.pyfunc
 
         mlflow.set_tracking_uri(self.uri)
-        reqs = pip_requirements or _default_requirements()
-        with mlflow.start_run(run_id=self.run_id, nested=True), _quiet_pickle_warning():
-            info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", pip_requirements=reqs)
+        with mlflow.start_run(run_id=self.run_id, nested=True):
+            info = mlflow.pyfunc.log_model(name=name, python_model=str(spec.loader), artifacts=spec.artifacts(),
+                                           signature=spec.signature(), input_example=spec.input_example(),
+                                           pip_requirements=spec.requirements())
         return info.model_uri
 
     def register_model(self, model_uri: str, name: str, tags: dict[str, Any] | None = None):
@@ -283,13 +345,45 @@ class Tracker:
         ``sim2real-digits-generator``. A model registered before is not registered again, so a rerun
         adds no duplicate version. Returns ``{registered name: version}``.
         """
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        experiment = self.client.get_experiment(experiment_id).name
+        experiment_id, experiment = self._experiment()
         versions = {}
         for suffix, model, child in self._pipeline_models(experiment_id):
             name = registered_model_name(experiment, suffix)
             versions[name] = self._register_once(model, name, child)
+            self.client.set_registered_model_tag(name, EXPERIMENT_TAG, experiment)
         return versions
+
+    def set_champion(self, variant: str | None, versions: dict[str, str]) -> str | None:
+        """Give the registry alias ``champion`` to the registered version of ``variant``'s model (the
+        report's pick) and take it from every other model of this experiment, so one version answers
+        "which model do I ship"; with no pick (``None``) no version keeps it.
+
+        ``versions`` is what :meth:`register_pipeline_models` returned. Returns ``"<name>/<version>"``
+        of the champion, or None (no pick, or the pick has no model registered by this pipeline).
+        """
+        experiment = self._experiment()[1]
+        name = registered_model_name(experiment, variant) if variant else None
+        version = versions.get(name) if name else None
+        for model in self._experiment_models(experiment):
+            if CHAMPION in model.aliases and (model.name, str(model.aliases[CHAMPION])) != (name, version):
+                self.client.delete_registered_model_alias(model.name, CHAMPION)
+        if version is None:
+            if variant:
+                log.warning("the pick %s has no model registered by this pipeline; no version is %s", variant, CHAMPION)
+            return None
+        self.client.set_registered_model_alias(name, CHAMPION, version)
+        return f"{name}/{version}"
+
+    def _experiment(self) -> tuple[str, str]:
+        """``(id, name)`` of this pipeline's experiment."""
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        return experiment_id, self.client.get_experiment(experiment_id).name
+
+    def _experiment_models(self, experiment: str) -> list:
+        """The registered models that :meth:`register_pipeline_models` tagged with ``experiment``."""
+        escaped = experiment.replace("'", "\\'")
+        return self.client.search_registered_models(filter_string=f"tags.`{EXPERIMENT_TAG}` = '{escaped}'",
+                                                    max_results=1000)
 
     def _pipeline_models(self, experiment_id: str) -> Iterator[tuple[str, Any, Any]]:
         """``(suffix, logged model, child run)`` of the newest model per suffix, finished children only."""
@@ -342,33 +436,6 @@ def _dataset_name(folder: Path) -> str:
     path = folder.resolve()
     root = repo_root().resolve()
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-
-
-@contextlib.contextmanager
-def _quiet_pickle_warning() -> Iterator[None]:
-    """Drop mlflow.pytorch's one 389-character warning per model about the pickle format, and only it:
-    we choose pickle on purpose (pt2 needs an input example and takes ~12 s) and load with the
-    matching mlflow.pytorch.load_model."""
-    import logging
-
-    class _NoPickleWarning(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "Pickle or CloudPickle format" not in record.getMessage()
-
-    logger, quiet = logging.getLogger("mlflow.pytorch"), _NoPickleWarning()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
-
-
-def _default_requirements() -> list[str]:
-    import torch
-    import torchvision
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-            "timm", "sim2real"]
 
 
 def _ensure_experiment(client, name: str) -> str:
@@ -431,6 +498,7 @@ def _open_stage_run(stage: str, params: Params, variant: str | None, extra_tags:
     from mlflow.tracking import MlflowClient
 
     uri, commit = tracking_uri(), git_commit()
+    check_server(uri)
     key = pipeline_key(params, commit)
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
@@ -474,6 +542,7 @@ def end_pipeline_run(params: Params, status: str = "FINISHED") -> str | None:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
+    check_server(uri)
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(experiment_name(params))

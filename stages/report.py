@@ -3,7 +3,8 @@
 It also reads the label-free scores in ``reports/train/<variant>/metrics.json`` and marks the variant
 to pick without real labels (:func:`pipeline.report.pick_variant`). The ``<variant>.<metric>``
 metrics also go to the MLflow parent run of this pipeline execution, so ``mlflow.search_runs``
-shows all variants side by side; the pick is the tag ``sim2real.pick`` there and on the report run.
+shows all variants side by side; the pick is the tag ``sim2real.pick`` there and on the report run, and
+the registry alias ``champion`` on the registered version of the pick's model (on none without a pick).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def main(argv: Sequence[str]) -> None:
     params = load_params(args.params)
     with stage_run("report", params) as tracker:
         if params.task.kind == "detection":
-            write_detection_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train)
+            summary = write_detection_report(args.eval, args.out, tracker, order=list(params.variants),
+                                             train_dir=args.train)
         else:
-            write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
-                         n_classes=len(params.data.classes))
-        tracker.register_pipeline_models()     # "which model do I ship": stable names in the registry
+            summary = write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
+                                   n_classes=len(params.data.classes))
+        versions = tracker.register_pipeline_models()  # "which model do I ship": stable names in the registry,
+        tracker.set_champion(summary.pick, versions)    # and the alias `champion` on the pick's version
         tracker.log_dict(execution(provenance(params, "report", ("variants", "data", "task"))), "provenance.json")
     end_pipeline_run(params)                   # the report is the pipeline's last stage
     print((Path(args.out) / "summary.md").read_text(), end="")

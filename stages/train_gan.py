@@ -17,8 +17,8 @@ from typing import Sequence
 from pipeline import cli
 from pipeline.config import load_params
 from pipeline.distributed import init_runtime, shutdown
-from pipeline.gan.export import load_generator
 from pipeline.gan.trainer import GanPaths, train_gan
+from pipeline.task.mlflow_model import generator_spec
 from pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.train_gan")
@@ -49,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
                     tracker.log_artifact(paths.reports / name)
                 for name in ("generator.pt", "provenance.json"):
                     tracker.log_artifact(paths.models / name, "model")
-                tracker.log_model(load_generator(result["generator"])[0], "generator")
+                tracker.log_model(generator_spec(result["generator"]), "generator")
                 log.info("generator written to %s", result["generator"])
     finally:
         shutdown(runtime)

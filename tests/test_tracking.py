@@ -1,8 +1,13 @@
 """Tracking writes one parent run per pipeline execution and one child run per stage."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from pipeline.config import parse_params
+from pipeline.gan.networks import ResnetGenerator
+from pipeline.task.mlflow_model import ModelInputError
 from pipeline.tracking import NullTracker, stage_run
 
 
@@ -209,29 +214,36 @@ def test_log_dataset_shows_as_a_run_input(store, default_raw):
 
 
 def test_finished_pipeline_registers_its_generator_and_task_models(store, default_raw):
-    """The generator (a plain nn.Module) logs like a task model; the report registers both under
+    """The generator logs from its exported file like a task model; the report registers both under
     stable names once, and the registered generator loads back with the same outputs."""
-    import mlflow.pytorch
+    import mlflow.pyfunc
     import torch
 
-    from pipeline.gan.networks import ResnetGenerator
-    from pipeline.task.models import build_task_model
+    from pipeline.gan.export import export_generator, load_generator
+    from pipeline.task.mlflow_model import generator_spec, task_model_spec
 
     params = parse_params(default_raw)
-    generator = ResnetGenerator(1, 1, width=4, blocks=1, downsamplings=1).eval()
+    export_generator(store / "generator.pt", ResnetGenerator(1, 1, width=4, blocks=1, downsamplings=1),
+                     {"image_size": 16, "channels": 1, "classes": ["a", "b"]})
+    path, meta = _exported_classifier(store)
     with stage_run("train_gan", params) as t:
-        t.log_model(generator, "generator")
+        t.log_model(generator_spec(store / "generator.pt"), "generator")
     with stage_run("train_task", params, variant="dann") as t:
-        t.log_model(build_task_model("small_cnn", 1, 10, width=4), "task_dann")
+        t.log_model(task_model_spec(path, meta), "task_dann")
     with stage_run("report", params) as t:
         versions = t.register_pipeline_models()
         again = t.register_pipeline_models()
     assert versions == again == {"sim2real-test-exp-generator": "1", "sim2real-test-exp-dann": "1"}
 
-    loaded = mlflow.pytorch.load_model("models:/sim2real-test-exp-generator/1").eval()
-    x = torch.randn(2, 1, 16, 16)
+    loaded = mlflow.pyfunc.load_model("models:/sim2real-test-exp-generator/1")
+    x = _batch(3, 1, 16)
+    translated = loaded.predict(x)
+    generator = load_generator(store / "generator.pt")[0]
     with torch.no_grad():
-        assert torch.equal(loaded(x), generator(x))
+        assert np.array_equal(translated, generator(torch.from_numpy(x)).numpy()) and translated.shape == (3, 1, 16, 16)
+    _assert_no_pickled_code(_model_dir("models:/sim2real-test-exp-generator/1"))
+    with pytest.raises(ModelInputError, match=r"got values in \[0, 255\]"):
+        loaded.predict(((x + 1) * 127.5).astype(np.float32))
     version = _client(store).get_model_version("sim2real-test-exp-dann", "1")
     assert version.tags["variant"] == "dann" and version.tags["sim2real.pipeline_key"] == "dvc-exp:exp-one"
 
@@ -283,30 +295,149 @@ def test_fresh_store_created_by_two_processes_at_once(store, default_raw):
     assert len(parents) == 1
 
 
-def test_logged_model_loads_back_with_the_same_outputs(store, default_raw):
-    import logging
+def test_logged_model_holds_no_pickle_and_predicts_like_the_export(store, default_raw):
+    """The logged model is the exported weights file + the pyfunc loader's code: nothing pickled,
+    pinned requirements, a signature and an input example in [-1, 1], same logits as the export."""
+    import json
+    import types
 
-    import mlflow.pytorch
+    import mlflow
+    import mlflow.pyfunc
+    import torch
+    import torchvision
+
+    from pipeline.task.export import load_task_model
+    from pipeline.task.train import export_task_model
+
+    model, meta = load_task_model(_exported_classifier(store / "trained", num_classes=3)[0])
+    with stage_run("train_task", parse_params(default_raw), variant="dann") as t:
+        path = export_task_model(types.SimpleNamespace(model=model, meta=meta), store / "export", t)
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    [logged] = mlflow.search_logged_models(filter_string=f"source_run_id = '{t.run_id}'", output_format="list")
+    assert logged.name == "task_dann"
+    uri = logged.model_uri
+    folder = _model_dir(uri)
+    _assert_no_pickled_code(folder)
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert f"torchvision=={torchvision.__version__.split('+')[0]}" in requirements
+    assert any(r.startswith("sim2real==") for r in requirements) and all("==" in r for r in requirements)
+
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 1, 16, 16)
+    assert loaded.metadata.get_output_schema().inputs[0].shape == (-1, 3)
+    example = np.asarray(json.loads((folder / "input_example.json").read_text()), dtype=np.float32)
+    assert example.shape[1:] == (1, 16, 16) and -1 <= example.min() and example.max() <= 1
+
+    x = _batch(5, 1, 16)
+    with torch.no_grad():
+        assert np.array_equal(loaded.predict(x), load_task_model(path)[0](torch.from_numpy(x)).numpy())
+
+
+def test_logged_model_refuses_a_wrong_shape_or_value_range(store, default_raw):
+    """A batch of another shape, dtype or range is an error, never logits: MLflow's signature check
+    refuses shape and dtype, the loader the range (uint8 pixels as floats, NaN)."""
+    import mlflow.exceptions
+    import mlflow.pyfunc
+
+    from pipeline.task.mlflow_model import task_model_spec
+
+    path, meta = _exported_classifier(store)
+    with stage_run("train_task", parse_params(default_raw), variant="source_only") as t:
+        loaded = mlflow.pyfunc.load_model(t.log_model(task_model_spec(path, meta), "task_source_only"))
+    x = _batch(2, 1, 16)
+    refused = {"channels": np.repeat(x, 3, axis=1), "size": x[:, :, :8, :8], "ndim": x[0],
+               "dtype": x.astype(np.float64)}
+    for batch in refused.values():
+        with pytest.raises(mlflow.exceptions.MlflowException, match="(Shape|dtype) of input"):
+            loaded.predict(batch)
+    with pytest.raises(ModelInputError, match=r"in \[-1, 1\].*got values in \[0, 255\]"):
+        loaded.predict(((x + 1) * 127.5).astype(np.float32))
+    with pytest.raises(ModelInputError, match="got values in .*1.5"):
+        loaded.predict(x * 1.5)
+    with pytest.raises(ModelInputError, match="NaN"):
+        loaded.predict(np.full_like(x, np.nan))
+
+
+def test_detection_model_logs_and_predicts_a_table_of_detections(store, default_raw):
+    """A detector (task.kind detection) logs the same way; its pyfunc gives one row per detection,
+    equal to what pipeline.detection.models.predict gives for the exported model."""
+    import mlflow.pyfunc
     import torch
 
+    from pipeline.config import DetectorParams
+    from pipeline.detection.models import build_detector, predict
+    from pipeline.task.export import load_task_model, save_task_model
+    from pipeline.task.mlflow_model import DETECTION_COLUMNS, task_model_spec
+
+    torch.manual_seed(0)
+    model = build_detector(DetectorParams(width=4, score_threshold=0.0), 1, 2, 32)
+    model.sim2real_config = {**model.sim2real_config, "kind": "detection"}
+    meta = {"kind": "detection", "classes": ["a", "b"], "image_size": 32, "channels": 1, "variant": "dann"}
+    save_task_model(store / "model.pt", model, meta)
+    with stage_run("train_task", parse_params(default_raw), variant="dann") as t:
+        uri = t.log_model(task_model_spec(store / "model.pt", meta), "task_dann")
+    _assert_no_pickled_code(_model_dir(uri))
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert [c.name for c in loaded.metadata.get_output_schema().inputs] == [n for n, _ in DETECTION_COLUMNS]
+
+    x = _batch(2, 1, 32)
+    table = loaded.predict(x)
+    expected = predict(load_task_model(store / "model.pt")[0], torch.from_numpy(x))
+    assert len(table) == sum(len(d["scores"]) for d in expected) > 0
+    for i, found in enumerate(expected):
+        rows = table[table["image"] == i]
+        assert np.allclose(rows[["x1", "y1", "x2", "y2"]].to_numpy(), found["boxes"].numpy())
+        assert np.allclose(rows["score"].to_numpy(), found["scores"].numpy())
+        assert rows["label"].tolist() == found["labels"].tolist()
+        assert rows["class"].tolist() == [meta["classes"][k] for k in found["labels"].tolist()]
+    with pytest.raises(ModelInputError, match=r"got values in \[0, 255\]"):
+        loaded.predict(((x + 1) * 127.5).astype(np.float32))
+
+
+def _exported_classifier(folder, num_classes: int = 2, size: int = 16):
+    """``(path, meta)`` of an untrained small_cnn exported to ``<folder>/model.pt`` as train_task does."""
+    import torch
+
+    from pipeline.task.export import save_task_model
     from pipeline.task.models import build_task_model
 
-    seen: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("mlflow.pytorch").addHandler(handler)
-    model = build_task_model("small_cnn", 1, 10, width=4).eval()
-    try:
-        with stage_run("train_task", parse_params(default_raw), variant="source_only") as t:
-            uri = t.log_model(model, "task_source_only")
-    finally:
-        logging.getLogger("mlflow.pytorch").removeHandler(handler)
-    # the pickle format is chosen on purpose: mlflow's long warning about it is not printed per model
-    assert not any("Pickle or CloudPickle" in m for m in seen), seen
-    loaded = mlflow.pytorch.load_model(uri).eval()
-    x = torch.randn(3, 1, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+    torch.manual_seed(0)
+    model = build_task_model("small_cnn", 1, num_classes, width=4).eval()
+    meta = {"kind": "classification", "classes": [f"c{i}" for i in range(num_classes)], "image_size": size,
+            "channels": 1, "variant": "dann", "method": "dann", "uses_target_labels": False}
+    save_task_model(folder / "model.pt", model, meta)
+    return folder / "model.pt", meta
+
+
+def _batch(n: int, channels: int, size: int) -> np.ndarray:
+    """``n`` float32 images in [-1, 1], as pipeline.data.manifest.to_tensor makes them from pixels; the
+    ends of the range included (pixels 0 and 255)."""
+    pixels = np.random.default_rng(1).integers(0, 256, size=(n, channels, size, size))
+    pixels.reshape(-1)[:2] = (0, 255)
+    return (pixels / 127.5 - 1).astype(np.float32)
+
+
+def _model_dir(uri: str) -> Path:
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
+def _assert_no_pickled_code(folder: Path) -> None:
+    """No pickle file (python_model.pkl, mlflow.pytorch's data/model.pth), only the pyfunc flavour with
+    its loader as code, and every torch file loads with ``weights_only=True``."""
+    import torch
+    import yaml
+
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pth"))], names
+    assert "python_model.pkl" not in names and "data/model.pth" not in names and "mlflow_pyfunc.py" in names
+    torch_files = [folder / n for n in names if n.endswith(".pt")]
+    assert torch_files and all(isinstance(torch.load(f, weights_only=True), dict) for f in torch_files)
+    flavors = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
+    assert set(flavors) == {"python_function"}
+    assert flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
 
 
 @pytest.mark.parametrize("name, key", [
@@ -355,3 +486,78 @@ def test_default_store_is_the_workspace_one_inside_a_dvc_temp_experiment(tmp_pat
     assert tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
     assert tracking_uri() == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+
+
+def test_store_lock_is_one_per_store(tmp_path, monkeypatch):
+    """Stages logging to different servers never wait for each other's lock; the same store still locks."""
+    import tempfile
+    import threading
+
+    from pipeline.tracking import _store_lock, store_lock_path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    one, two = "http://127.0.0.1:5001", "http://127.0.0.1:5002"
+    assert store_lock_path(one) != store_lock_path(two) and store_lock_path(one) == store_lock_path(one + "/")
+    assert store_lock_path(one).parent == tmp_path
+    assert store_lock_path(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}") == tmp_path / "a" / "mlflow.lock"
+
+    def hold(uri: str, got: threading.Event) -> None:
+        with _store_lock(uri):
+            got.set()
+
+    with _store_lock(one):
+        other, same = threading.Event(), threading.Event()
+        for uri, got in ((two, other), (one, same)):
+            threading.Thread(target=hold, args=(uri, got), daemon=True).start()
+        assert other.wait(10), "the lock of another store waited for this one"
+        assert not same.wait(0.5), "the same store was not locked"
+    assert same.wait(10)
+
+
+def _report_inputs(root: Path, scores: dict[str, float] | None) -> tuple[Path, Path]:
+    """``(eval dir, train dir)`` for source_only and dann; ``scores``: each variant's label-free IM (the
+    pick is the highest), None: no label-free scores, so no pick."""
+    from pipeline.io import write_json
+
+    for variant in ("source_only", "dann"):
+        write_json(root / "eval" / variant / "metrics.json",
+                   {"accuracy": 0.6, "macro_f1": 0.55, "uses_target_labels": False})
+        train = {"variant": variant, "selected_epoch": 1}
+        if scores is not None:
+            train["label_free"] = {"source_val_acc": 0.9, "target_entropy": 0.3, "target_im": scores[variant],
+                                   "target_snd": 4.0, "target_class_share_max": 0.5}
+        write_json(root / "train" / variant / "metrics.json", train)
+    return root / "eval", root / "train"
+
+
+def test_report_gives_the_champion_alias_to_the_picks_version_only(store):
+    """The report's pick carries the registry alias ``champion``; a new pick takes it over, and
+    without a pick no version keeps a stale one."""
+    import mlflow.pyfunc
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.task.mlflow_model import task_model_spec
+    from stages import report
+    from tinydata import tiny_prepared, tiny_task_raw
+
+    (store / "params.yaml").write_text(yaml.safe_dump(tiny_task_raw(store, tiny_prepared(store, n=4))))
+    params = load_params(store / "params.yaml")
+    for variant in ("source_only", "dann"):
+        path, meta = _exported_classifier(store / variant)
+        with stage_run("train_task", params, variant=variant) as t:
+            t.log_model(task_model_spec(path, meta), f"task_{variant}")
+    client, names = _client(store), {v: f"sim2real-test-exp-{v}" for v in ("source_only", "dann")}
+
+    def champions(scores):
+        eval_dir, train_dir = _report_inputs(store / "reports", scores)
+        report.main(["--params", "params.yaml", "--eval", str(eval_dir), "--train", str(train_dir),
+                     "--out", str(store / "out")])
+        aliases = {v: client.get_registered_model(name).aliases for v, name in names.items()}
+        return {v: str(found["champion"]) if "champion" in found else None for v, found in aliases.items()}
+
+    assert champions({"source_only": 0.9, "dann": 0.4}) == {"source_only": "1", "dann": None}
+    assert champions({"source_only": 0.4, "dann": 0.9}) == {"source_only": None, "dann": "1"}
+    assert client.get_model_version_by_alias(names["dann"], "champion").tags["variant"] == "dann"
+    assert mlflow.pyfunc.load_model(f"models:/{names['dann']}@champion").predict(_batch(3, 1, 16)).shape == (3, 2)
+    assert champions(None) == {"source_only": None, "dann": None}
