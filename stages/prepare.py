@@ -11,7 +11,7 @@ from pipeline.config import flatten, load_params
 from pipeline.data.prepare import prepare
 from pipeline.data.prepare_detection import prepare_detection
 from pipeline.io import save_png, write_json
-from pipeline.provenance import execution, provenance, write_provenance
+from pipeline.provenance import execution, provenance
 from pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
@@ -26,15 +26,14 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     with stage_run("prepare", params) as tracker:
-        stats, preview = (prepare_detection if params.task.kind == "detection" else prepare)(params, args.out)
         record = provenance(params, "prepare", ("seed", "data", "task"))
-        write_provenance(args.out, record)
+        stats, preview = (prepare_detection if params.task.kind == "detection" else prepare)(params, args.out, record)
         tracker.log_dict(execution(record), "provenance.json")
         write_json(f"{args.reports}/stats.json", stats)
         save_png(preview, f"{args.reports}/samples.png")
         tracker.log_metrics({k.replace("/", "."): v for k, v in flatten(stats["splits"]).items()
                              if isinstance(v, (int, float))})
-        tracker.log_metrics({"skipped_bad_images": stats["skipped_bad_images"]})
+        tracker.log_metrics({k: stats[k] for k in ("skipped_bad_images", "heldout_duplicates")})
         tracker.log_artifact(f"{args.reports}/samples.png")
         tracker.log_artifact(f"{args.reports}/stats.json")
     for split, s in stats["splits"].items():

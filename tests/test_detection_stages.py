@@ -65,7 +65,7 @@ def test_self_training_is_offered_for_detection_and_bad_formats_are_refused(dete
 def _user_coco(root: Path, sizes: list[tuple[int, int]], boxes: list[list[float]], name: str) -> Path:
     images, annotations = [], []
     for i, ((w, h), box) in enumerate(zip(sizes, boxes), start=1):
-        arr = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        arr = np.random.default_rng([i, ord(name[0])]).integers(0, 255, (h, w, 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / f"{name}_{i}.png")
         images.append({"id": i, "file_name": f"{name}_{i}.png", "width": w, "height": h})
         annotations.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "bbox": box, "iscrowd": 0})

@@ -116,11 +116,13 @@ def test_the_default_limit_is_the_same_everywhere(default_raw):
     assert default_raw["data"]["max_image_pixels"] == DEFAULT_MAX_PIXELS
 
 
-def _imagefolder(root: Path, per_class: int = 4) -> Path:
-    for c in CLASSES:
+def _imagefolder(root: Path, per_class: int = 4, shade: int = 0) -> Path:
+    """Flat grey images, all different; folders of different ``shade`` share none (prepare refuses a
+    test image copied into training)."""
+    for k, c in enumerate(CLASSES):
         for i in range(per_class):
             (root / c).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((8 + i, 10 + i), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+            Image.fromarray(np.full((8 + i, 10 + i), 40 * i + 5 * k + shade, np.uint8)).save(root / c / f"{i}.png")
     return root
 
 
@@ -132,7 +134,7 @@ def _user_params(default_raw: dict, src: Path, tgt: Path, **data):
 
 
 def test_prepare_refuses_a_bomb_and_keeps_the_previous_output(default_raw, tmp_path):
-    src, tgt = _imagefolder(tmp_path / "sim"), _imagefolder(tmp_path / "real")
+    src, tgt = _imagefolder(tmp_path / "sim"), _imagefolder(tmp_path / "real", shade=20)
     culprit = src / "dog" / "huge.png"
     culprit.write_bytes(png_claiming(20000, 20000))
     out = tmp_path / "out"
@@ -153,7 +155,7 @@ def test_prepare_refuses_a_bomb_and_keeps_the_previous_output(default_raw, tmp_p
 
 
 def test_prepare_takes_the_limit_from_params(default_raw, tmp_path):
-    src, tgt = _imagefolder(tmp_path / "sim"), _imagefolder(tmp_path / "real")  # 10x8 ... 13x11 pixels
+    src, tgt = _imagefolder(tmp_path / "sim"), _imagefolder(tmp_path / "real", shade=20)  # 10x8 ... 13x11 pixels
     with pytest.raises(BadImageError, match=r"= \d+ pixels, more than data\.max_image_pixels = 90;"):
         prepare(_user_params(default_raw, src, tgt, max_image_pixels=90), tmp_path / "out")
 

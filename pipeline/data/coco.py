@@ -81,8 +81,9 @@ def _refuse_heldout(json_path: Path) -> None:
 
 
 def _load_json(json_path: Path) -> Any:
+    """The parsed JSON file; a byte-order mark, as some Windows tools write, is allowed."""
     try:
-        return json.loads(json_path.read_text())
+        return json.loads(json_path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise CocoError(f"{json_path}: COCO annotations file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 # The default of ``data.max_image_pixels`` (pipeline/config.py): 40 megapixels, far above any training
 # image and far below what would exhaust memory when decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+# EXIF orientations that turn the stored pixels a quarter turn (width and height swap when shown upright).
+QUARTER_TURN_ORIENTATIONS = (5, 6, 7, 8)
 
 
 class BadImageError(ValueError):
@@ -50,6 +53,22 @@ def convert_image(img: Image.Image, channels: int, size: int) -> np.ndarray:
     return arr[:, :, None] if channels == 1 else arr
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` (loaded) turned in place as its EXIF orientation tag says, so its pixels are what a viewer
+    shows: a phone stores a portrait photo sideways with a tag rather than turning the pixels."""
+    ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the image at ``path`` as shown upright (what :func:`load_image` decodes):
+    the stored size, swapped when the EXIF orientation tag turns the image a quarter turn."""
+    with Image.open(path) as img:
+        width, height = img.size
+        turned = img.getexif().get(ExifTags.Base.Orientation, 1) in QUARTER_TURN_ORIENTATIONS
+    return (height, width) if turned else (width, height)
+
+
 def too_many_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> Optional[str]:
     """The refusal message when an image of ``size`` (width, height) exceeds ``max_pixels``, else None."""
     width, height = size
@@ -82,6 +101,7 @@ def load_image(path: str | Path, channels: int, size: int, max_pixels: int = DEF
 
     An image of more than ``max_pixels`` pixels (width x height, read from the header) is refused
     before any pixel data is decoded; so is a frame or tile that PIL finds larger while decoding.
+    An EXIF orientation tag is applied before converting and resizing (see :func:`upright`).
     """
     path = Path(path)
     try:
@@ -94,7 +114,7 @@ def load_image(path: str | Path, channels: int, size: int, max_pixels: int = DEF
             if refusal is not None:
                 raise BadImageError(refusal)
             img.load()
-            return convert_image(img, channels, size)
+            return convert_image(upright(img), channels, size)
     except BadImageError:
         raise
     except FileNotFoundError:

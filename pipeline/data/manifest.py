@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,12 @@ from pipeline.data.images import load_image
 
 MANIFEST_NAME = "manifest.csv"
 HELDOUT_MARKER = "HELDOUT"
+#: One word saying where a split's labels come from: ``synthetic`` (rendered, the simulator's own),
+#: ``real`` (real images labelled by people: using them to train is not unsupervised adaptation) or
+#: ``none`` (no labels). prepare writes it into every split it makes; translate carries it over, and a
+#: copy of the folder carries it along. A split without it has labels of unknown origin.
+LABEL_ORIGIN_FILE = "LABEL_ORIGIN"
+LABEL_ORIGINS = ("synthetic", "real", "none")
 
 
 class ManifestError(ValueError):
@@ -61,11 +67,13 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: 
     if not csv_path.is_file():
         raise ManifestError(f"{csv_path}: manifest not found")
     entries: list[Entry] = []
-    with csv_path.open(newline="") as fh:
+    # utf-8-sig: a spreadsheet's export starts with a byte-order mark; newline="" lets csv take CRLF too
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ManifestError(f"{csv_path}: expected a header with columns 'path,label', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
+        header = _header(csv_path, reader)
+        if "path" not in header:
+            raise ManifestError(f"{csv_path}: expected a header with columns 'path,label', got {header}")
+        for line, row in enumerate(_rows(csv_path, reader), start=2):
             rel = (row.get("path") or "").strip()
             if not rel:
                 raise ManifestError(f"{csv_path}:{line}: empty path")
@@ -86,9 +94,48 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str], require_labels: 
     return entries
 
 
+def _header(csv_path: Path, reader: csv.DictReader) -> list[str]:
+    """The column names of ``reader`` with surrounding spaces stripped (``path, label`` as typed by hand
+    is the same header), or a :class:`ManifestError` when the file is not UTF-8 text."""
+    try:
+        names = reader.fieldnames
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+    reader.fieldnames = [name.strip() for name in names or []]
+    return list(reader.fieldnames)
+
+
+def _rows(csv_path: Path, reader: csv.DictReader) -> Iterator[dict]:
+    """The rows of ``reader``; a line that is not UTF-8 text is a :class:`ManifestError` naming the file."""
+    try:
+        yield from reader
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from None
+
+
 def is_heldout(folder: str | Path) -> bool:
     """True when ``folder`` is a held-out test split (it holds the ``HELDOUT`` marker)."""
     return (Path(folder) / HELDOUT_MARKER).exists()
+
+
+def write_label_origin(folder: str | Path, origin: str) -> Path:
+    """Mark ``folder`` as a split whose labels are ``origin`` (one of :data:`LABEL_ORIGINS`)."""
+    if origin not in LABEL_ORIGINS:
+        raise ValueError(f"label origin: expected one of {', '.join(LABEL_ORIGINS)}, got {origin!r}")
+    path = Path(folder) / LABEL_ORIGIN_FILE
+    path.write_text(origin + "\n")
+    return path
+
+
+def label_origin(folder: str | Path) -> Optional[str]:
+    """Where the labels of the split ``folder`` come from (:data:`LABEL_ORIGINS`), or None when the
+    folder has no readable mark (not made by prepare or translate: unknown, so never assumed synthetic)."""
+    path = Path(folder) / LABEL_ORIGIN_FILE
+    try:
+        word = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return word if word in LABEL_ORIGINS else None
 
 
 def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
@@ -190,21 +237,30 @@ def preload_within(sets: Iterable[Optional[ImageSet]], max_bytes: int) -> None:
 
 
 class Views(Dataset):
-    """Several augmented views of each image of ``images``: item ``i`` is ``(V, C, H, W)`` and -1.
+    """Several augmented views of each image of ``images``: item ``i`` is ``(V, C, H, W)`` and -1 (this
+    is how methods see unlabelled real images), or with ``labelled`` the image's label (other views of
+    a labelled batch).
 
     ``transforms`` maps a view name to its transform (None: the image as it is); the views come in
-    that order. Labels are never returned: this is how methods see unlabelled real images.
+    that order.
     """
 
-    def __init__(self, images: ImageSet, transforms: dict[str, Optional[Callable[[np.ndarray], np.ndarray]]]):
+    def __init__(self, images: ImageSet, transforms: dict[str, Optional[Callable[[np.ndarray], np.ndarray]]],
+                 labelled: bool = False):
         self.images, self.names, self.transforms = images, list(transforms), list(transforms.values())
+        self.labelled = labelled
+
+    @property
+    def folder(self) -> Path:
+        return self.images.folder
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.images.image(i)
-        return torch.stack([to_tensor(t(image) if t is not None else image) for t in self.transforms]), -1
+        views = [to_tensor(t(image) if t is not None else image) for t in self.transforms]
+        return torch.stack(views), self.images.label(i) if self.labelled else -1
 
 
 def heldout_test_set(folder: str | Path, classes: Sequence[str], channels: int, size: int) -> ImageSet:

@@ -1,12 +1,15 @@
 """prepare: turn any supported input into the canonical layout of four splits.
 
 ``<out>/source/{train,val}``, ``<out>/target/{train,test}``, each a folder of PNGs plus
-``manifest.csv``. Everything is written into a temporary folder that replaces ``<out>`` only when
-every image has been decoded and written, so a failed or interrupted run leaves nothing half-written.
+``manifest.csv`` and a ``LABEL_ORIGIN`` mark (:func:`label_origin_of`). Everything is written into a
+temporary folder that replaces ``<out>`` only when every image has been decoded and written, so a failed
+or interrupted run leaves nothing half-written. A training image whose decoded pixels equal those of a
+held-out test image is refused (:class:`HeldOutGuard`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,15 +18,19 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import DataParams, Params
+from pipeline.config import DataParams, Params, trains_on_target
 from pipeline.data.digits import real_digits, rendered_digits
 from pipeline.data.images import BadImageError, load_image
-from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_manifest
-from pipeline.io import atomic_directory, image_grid, save_png
+from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_label_origin, write_manifest
+from pipeline.io import atomic_directory, image_grid, save_png, write_json
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("source/train", "source/val", "target/train", "target/test")
+TEST_SPLIT = "target/test"
+
+#: One image on its way to a split: ``(image (S, S, C) uint8, class index or None, the input it came from)``.
+Item = tuple[np.ndarray, Optional[int], str]
 
 
 class PrepareError(ValueError):
@@ -66,13 +73,24 @@ def scan_flat_folder(root: Path) -> list[Entry]:
     return [Entry(f.resolve(), None) for f in files]
 
 
-def scan_labelled(path: str, fmt: str, classes: Sequence[str]) -> list[Entry]:
-    """A labelled set: an imagefolder folder, or a manifest CSV (every row labelled)."""
+def scan_labelled(path: str, fmt: str, classes: Sequence[str], unlabelled_ok: bool = False) -> list[Entry]:
+    """A labelled set: an imagefolder folder, or a manifest CSV (every row labelled).
+
+    ``unlabelled_ok`` also takes a manifest whose label column is empty in every row (unlabelled real
+    images, like a flat folder); one labelled in some rows only is refused, naming the counts.
+    """
     p = Path(path)
     if fmt == "manifest" or (fmt == "folder" and p.is_file()):
         if not p.is_file():
             raise PrepareError(f"{p}: expected a manifest CSV file with columns path,label")
-        return read_manifest(p, classes, require_labels=True)
+        if not unlabelled_ok:
+            return read_manifest(p, classes, require_labels=True)
+        entries = read_manifest(p, classes)
+        labelled = sum(e.label is not None for e in entries)
+        if 0 < labelled < len(entries):
+            raise PrepareError(f"{p}: {labelled} of {len(entries)} rows have a label; expected a label in every row "
+                               f"(labelled real images) or in none (unlabelled real images)")
+        return entries
     return scan_imagefolder(p, classes)
 
 
@@ -139,15 +157,80 @@ class Decoder:
     def __init__(self, data: DataParams):
         self.data, self.skipped = data, 0
 
-    def __call__(self, entries: Iterable[Entry]) -> Iterator[tuple[np.ndarray, Optional[int]]]:
+    def __call__(self, entries: Iterable[Entry]) -> Iterator[Item]:
         for e in entries:
             try:
-                yield load_image(e.path, self.data.channels, self.data.image_size, self.data.max_image_pixels), e.label
+                image = load_image(e.path, self.data.channels, self.data.image_size, self.data.max_image_pixels)
+                yield image, e.label, str(e.path)
             except BadImageError as exc:
                 if not self.data.skip_bad_images:
                     raise BadImageError(f"{exc} (set data.skip_bad_images: true to skip such files)") from None
                 self.skipped += 1
                 log.warning("skipping bad image: %s", exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Held-out test images and label origins
+# ------------------------------------------------------------------------------------------------
+
+
+def pixel_digest(image: np.ndarray) -> bytes:
+    """A digest of the decoded pixels and their shape: the same for a file copied under another name
+    (or re-saved losslessly), since prepare compares images as they are written, not as files."""
+    pixels = np.ascontiguousarray(image)
+    return hashlib.blake2b(repr(pixels.shape).encode() + pixels.tobytes(), digest_size=16).digest()
+
+
+class HeldOutGuard:
+    """Finds training images that are pixel-identical copies of held-out test images.
+
+    A real test image copied (renamed) into a training folder is learnt and then scored on, so the
+    evaluation no longer measures how a model does on images it has not seen. The test split must be
+    recorded first; every image of another split is then looked up, and :meth:`verdict` refuses when
+    any was a copy. It keeps one small digest per test image, not the images.
+    """
+
+    def __init__(self) -> None:
+        self.test: dict[bytes, str] = {}                 # digest -> the first test input with those pixels
+        self.copies: list[tuple[str, str, str]] = []     # (test input, training split, training input)
+
+    def record(self, split: str, image: np.ndarray, name: str) -> None:
+        """Note ``image`` (from input ``name``) of ``split``: a test image, or a training one to look up."""
+        digest = pixel_digest(image)
+        if split == TEST_SPLIT:
+            self.test.setdefault(digest, name)
+        elif digest in self.test:
+            self.copies.append((self.test[digest], split, name))
+
+    def verdict(self) -> int:
+        """0 when no training image copies a test image; otherwise a :class:`PrepareError` naming how many
+        do and the first pair of input files."""
+        if not self.copies:
+            return 0
+        test_name, split, name = self.copies[0]
+        raise PrepareError(
+            f"{len(self.copies)} training image(s) are pixel-identical to held-out test images, which would put "
+            f"the test set into training; the first: {name} (in {split}) is a copy of the test image {test_name}; "
+            f"remove the copies from the training data (or the images from the test set) and run prepare again")
+
+
+def label_origin_of(split: str, labelled: bool) -> str:
+    """The ``LABEL_ORIGIN`` of a prepared split: the source's labels are the simulator's (``synthetic``);
+    a target split's are ``real`` when its images carry labels (or boxes) and ``none`` when they do not."""
+    if split.startswith("source/"):
+        return "synthetic"
+    return "real" if labelled else "none"
+
+
+def _check_unlabelled_target(params: Params) -> None:
+    """Refuse a variant that trains on ``target/train``, whose real images have no labels here (an
+    unlabelled manifest; params.yaml's checks already refuse it for a flat folder)."""
+    for name, v in params.variants.items():
+        if trains_on_target(v):
+            raise PrepareError(
+                f"variants.{name}.train: {v.train!r} holds the real training images, which have no labels here "
+                f"(data.target.root {params.data.target.root!r} lists none), so this supervised variant cannot "
+                f"train; remove variants.{name} from params.yaml, or label the real training images")
 
 
 def _check_target_classes(source_labels: Iterable[int], target_labels: Iterable[Optional[int]],
@@ -158,12 +241,20 @@ def _check_target_classes(source_labels: Iterable[int], target_labels: Iterable[
             raise PrepareError(f"{where}: class {classes[t]!r} appears in the target but the source has no image of it")
 
 
+def _numbered(pairs: Iterable[tuple[np.ndarray, int]], what: str) -> Iterator[Item]:
+    """The ``(image, label)`` pairs of a built-in generator as items named ``<what> <index>``."""
+    for i, (image, label) in enumerate(pairs):
+        yield image, label, f"{what} {i}"
+
+
 def _source_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable]]:
     d, seed = params.data, params.seed
     if d.source.format == "digits":
         r = d.render
-        yield "source/train", rendered_digits(r.train_count, seed, "train", r, d.image_size, d.channels)
-        yield "source/val", rendered_digits(r.val_count, seed, "val", r, d.image_size, d.channels)
+        yield "source/train", _numbered(rendered_digits(r.train_count, seed, "train", r, d.image_size, d.channels),
+                                        "rendered source/train image")
+        yield "source/val", _numbered(rendered_digits(r.val_count, seed, "val", r, d.image_size, d.channels),
+                                      "rendered source/val image")
         return
     entries = scan_labelled(d.source.root, d.source.format, d.classes)
     missing = [c for i, c in enumerate(d.classes) if i not in {e.label for e in entries}]
@@ -179,13 +270,15 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
     if t.format == "digits":
         images, labels = real_digits(d.image_size, d.channels)
         train, test = stratified_split(labels.tolist(), t.test_fraction, seed + 1, "load_digits")
-        yield "target/train", ((images[i], int(labels[i])) for i in train)
-        yield "target/test", ((images[i], int(labels[i])) for i in test)
+        yield "target/train", ((images[i], int(labels[i]), f"load_digits scan {i}") for i in train)
+        yield "target/test", ((images[i], int(labels[i]), f"load_digits scan {i}") for i in test)
         return
     if t.format == "folder":
         train_entries = scan_flat_folder(Path(t.root))
-    else:
-        train_entries = scan_labelled(t.root, t.format, d.classes)
+    else:  # with a separate test set the training images need no labels (a manifest may leave them out)
+        train_entries = scan_labelled(t.root, t.format, d.classes, unlabelled_ok=bool(t.test_root))
+        if all(e.label is None for e in train_entries):
+            _check_unlabelled_target(params)
     if t.test_root:
         test_entries = scan_labelled(t.test_root, "imagefolder" if Path(t.test_root).is_dir() else "manifest",
                                      d.classes)
@@ -197,30 +290,46 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
     yield "target/test", dec(train_entries[i] for i in test)
 
 
-def prepare(params: Params, out_dir: str | Path) -> tuple[dict, np.ndarray]:
-    """Write the four canonical splits into ``out_dir`` atomically.
+def heldout_first(splits: Iterable[tuple]) -> list[tuple]:
+    """``(split name, ...)`` tuples with the held-out test split first (its pixels must be known before
+    any training image is checked against them), the others in their given order."""
+    return sorted(splits, key=lambda s: s[0] != TEST_SPLIT)
 
-    Returns per-split statistics and a preview grid (row 1: source/train, row 2: target/train).
+
+def prepare(params: Params, out_dir: str | Path,
+            provenance: Optional[dict] = None) -> tuple[dict, np.ndarray]:
+    """Write the four canonical splits into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``.
+
+    ``provenance``, when given, is written as ``provenance.json`` inside the folder before it appears.
+    Returns per-split statistics (with ``heldout_duplicates``, 0: a training image that copies a test
+    image is refused) and a preview grid (row 1: source/train, row 2: target/train).
     """
     d = params.data
     dec = Decoder(d)
+    guard = HeldOutGuard()
     stats: dict = {"splits": {}}
     previews: dict[str, list[np.ndarray]] = {}
     with atomic_directory(out_dir) as tmp:
-        for split, items in [*_source_splits(params, dec), *_target_splits(params, dec)]:
+        for split, items in heldout_first([*_source_splits(params, dec), *_target_splits(params, dec)]):
             writer = SplitWriter(tmp / split, d.classes)
             labels = []
-            for image, label in items:
+            for image, label, name in items:
+                guard.record(split, image, name)
                 writer.add(image, label)
                 labels.append(label)
             stats["splits"][split] = writer.close()
             stats["splits"][split]["_labels"] = labels
             previews[split] = writer.preview
+            write_label_origin(tmp / split, label_origin_of(split, any(label is not None for label in labels)))
+        stats["heldout_duplicates"] = guard.verdict()
+        stats["splits"] = {split: stats["splits"][split] for split in SPLITS}
         source_labels = stats["splits"]["source/train"]["_labels"] + stats["splits"]["source/val"]["_labels"]
         for split in ("target/train", "target/test"):
             _check_target_classes(source_labels, stats["splits"][split]["_labels"], d.classes, split)
         (tmp / "target/test" / HELDOUT_MARKER).write_text(
             "Held-out real test split: its labels are read only by the evaluate stage.\n")
+        if provenance is not None:      # inside the atomic folder: the data never appears without its record
+            write_json(tmp / "provenance.json", provenance)
     for s in stats["splits"].values():
         s.pop("_labels")
     stats["skipped_bad_images"] = dec.skipped

@@ -5,8 +5,9 @@ of PNGs with a COCO ``annotations.json`` beside them (boxes in pixels of the pre
 ``data.image_size`` square) and a ``manifest.csv`` of the images (for code that needs the images
 only). Images are stretched to the square as in classification and their boxes scaled with them.
 ``target/train`` keeps its boxes when the input has them (only target_oracle learns from them);
-``target/test`` holds the ``HELDOUT`` marker. Everything is written into a temporary folder that
-replaces ``<out>`` only when every split is complete.
+``target/test`` holds the ``HELDOUT`` marker; every split a ``LABEL_ORIGIN`` mark. A training image
+whose decoded pixels equal a test image's is refused, as in classification. Everything is written into a
+temporary folder that replaces ``<out>`` only when every split is complete.
 
 Inputs (``data.source.format`` / ``data.target.format``):
 
@@ -22,22 +23,22 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from pipeline.config import Params
 from pipeline.data.coco import BoxImage, CocoError, read_coco, resize_boxes, write_detection_split
-from pipeline.data.images import BadImageError, load_image
-from pipeline.data.manifest import HELDOUT_MARKER
-from pipeline.data.prepare import PrepareError, scan_flat_folder
-from pipeline.io import atomic_directory, image_grid
+from pipeline.data.images import BadImageError, load_image, upright_size
+from pipeline.data.manifest import HELDOUT_MARKER, write_label_origin
+from pipeline.data.prepare import SPLITS, HeldOutGuard, PrepareError, heldout_first, label_origin_of, scan_flat_folder
+from pipeline.io import atomic_directory, image_grid, write_json
 
 log = logging.getLogger(__name__)
 
 Item = tuple[np.ndarray, np.ndarray, np.ndarray]      # image (S, S, C) uint8, boxes (K, 4) xyxy, labels (K,)
+Named = tuple[np.ndarray, np.ndarray, np.ndarray, str]  # an item and the input it came from
 
 
 def _load(path: Path, params: Params, skipped: Counter) -> np.ndarray | None:
@@ -53,26 +54,47 @@ def _load(path: Path, params: Params, skipped: Counter) -> np.ndarray | None:
         return None
 
 
-def _decoded(records: Iterable[BoxImage], params: Params, skipped: Counter) -> Iterator[Item]:
+def _check_size(r: BoxImage) -> None:
+    """The declared size must be the image's size as shown upright (its EXIF orientation applied, as
+    :func:`load_image` does): otherwise the boxes would land in the wrong place."""
+    width, height = upright_size(r.path)
+    if (width, height) == (r.width, r.height):
+        return
+    turned = (" once turned upright by its EXIF orientation tag, as prepare does; give the upright size and "
+              "boxes in upright pixels" if (height, width) == (r.width, r.height) else "; fix width/height")
+    raise CocoError(f"{r.path}: the annotations declare {r.width}x{r.height} pixels but the image is "
+                    f"{width}x{height}{turned} in the COCO file")
+
+
+def _decoded(records: Iterable[BoxImage], params: Params, skipped: Counter) -> Iterator[Named]:
     """Decode, check and resize each COCO image with its boxes; a declared size that differs from the
     file's is an error (the boxes would land in the wrong place)."""
     for r in records:
         image = _load(r.path, params, skipped)
         if image is None:
             continue
-        with Image.open(r.path) as img:
-            actual = img.size
-        if actual != (r.width, r.height):
-            raise CocoError(f"{r.path}: the annotations declare {r.width}x{r.height} pixels but the image is "
-                            f"{actual[0]}x{actual[1]}; fix width/height in the COCO file")
-        yield image, resize_boxes(r.boxes, r.width, r.height, params.data.image_size), r.labels
+        _check_size(r)
+        yield image, resize_boxes(r.boxes, r.width, r.height, params.data.image_size), r.labels, str(r.path)
 
 
-def _unlabelled(folder: Path, params: Params, skipped: Counter) -> Iterator[Item]:
+def _unlabelled(folder: Path, params: Params, skipped: Counter) -> Iterator[Named]:
     for e in scan_flat_folder(folder):
         image = _load(e.path, params, skipped)
         if image is not None:
-            yield image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+            yield image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), str(e.path)
+
+
+def _numbered(items: Iterable[Item], what: str) -> Iterator[Named]:
+    """The items of a built-in generator, named ``<what> <index>``."""
+    for i, (image, boxes, labels) in enumerate(items):
+        yield image, boxes, labels, f"{what} {i}"
+
+
+def _guarded(items: Iterable[Named], split: str, guard: HeldOutGuard) -> Iterator[Item]:
+    """The items of ``split``, each shown to ``guard`` (which refuses training copies of test images)."""
+    for image, boxes, labels, name in items:
+        guard.record(split, image, name)
+        yield image, boxes, labels
 
 
 def _split(records: list[BoxImage], fraction: float, seed: int, what: str) -> tuple[list[BoxImage], list[BoxImage]]:
@@ -92,17 +114,21 @@ def _coco(path: str, params: Params) -> list[BoxImage]:
     return read_coco(path, params.data.classes)
 
 
-def _splits(params: Params, skipped: Counter) -> Iterator[tuple[str, Iterable[Item], bool]]:
+def _splits(params: Params, skipped: Counter) -> Iterator[tuple[str, Iterable[Named], bool]]:
     """``(split, items, labelled)`` for the four splits, in order."""
     from pipeline.data.scenes import real_scenes, rendered_scenes
 
     d, seed, sp = params.data, params.seed, params.data.scene
     size, ch = d.image_size, d.channels
     if d.source.format == "digits":
-        yield "source/train", rendered_scenes(sp.train_count, seed, "train", d.render, sp, size, ch), True
-        yield "source/val", rendered_scenes(sp.val_count, seed, "val", d.render, sp, size, ch), True
-        yield "target/train", real_scenes(sp.real_train_count, seed, "train", sp, size, ch), True
-        yield "target/test", real_scenes(sp.real_test_count, seed, "test", sp, size, ch), True
+        yield "source/train", _numbered(rendered_scenes(sp.train_count, seed, "train", d.render, sp, size, ch),
+                                        "rendered source/train scene"), True
+        yield "source/val", _numbered(rendered_scenes(sp.val_count, seed, "val", d.render, sp, size, ch),
+                                      "rendered source/val scene"), True
+        yield "target/train", _numbered(real_scenes(sp.real_train_count, seed, "train", sp, size, ch),
+                                        "real target/train scene"), True
+        yield "target/test", _numbered(real_scenes(sp.real_test_count, seed, "test", sp, size, ch),
+                                       "real target/test scene"), True
         return
     train, val = _split(_coco(d.source.root, params), d.source.val_fraction, seed, d.source.root)
     yield "source/train", _decoded(train, params, skipped), True
@@ -151,26 +177,35 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, scale: int = 3) -> np.ndarr
     return big
 
 
-def prepare_detection(params: Params, out_dir: str | Path) -> tuple[dict, np.ndarray]:
-    """Write the four detection splits into ``out_dir`` atomically; per-split statistics and a preview
-    grid with the boxes (row 1: source/train, row 2: target/train)."""
+def prepare_detection(params: Params, out_dir: str | Path,
+                      provenance: Optional[dict] = None) -> tuple[dict, np.ndarray]:
+    """Write the four detection splits into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``;
+    ``provenance.json`` inside it when ``provenance`` is given; per-split statistics (with
+    ``heldout_duplicates``, 0: a training copy of a test image is refused)
+    and a preview grid with the boxes (row 1: source/train, row 2: target/train)."""
     d = params.data
     skipped: Counter = Counter()
+    guard = HeldOutGuard()
     stats: dict = {"splits": {}}
     previews: dict[str, list[np.ndarray]] = {}
     with atomic_directory(out_dir) as tmp:
-        for split, items, labelled in _splits(params, skipped):
-            recorder = _Recorder(items, list(d.classes))
+        for split, items, labelled in heldout_first(_splits(params, skipped)):
+            recorder = _Recorder(_guarded(items, split, guard), list(d.classes))
             write_detection_split(tmp / split, recorder, d.classes, labelled=labelled)
             if recorder.images == 0:
                 raise PrepareError(f"{split}: split would be empty")
+            write_label_origin(tmp / split, label_origin_of(split, labelled))
             stats["splits"][split] = {**recorder.stats(), "labelled": labelled}
             previews[split] = recorder.preview
+        stats["heldout_duplicates"] = guard.verdict()
+        stats["splits"] = {split: stats["splits"][split] for split in SPLITS}
         missing = [c for c in d.classes if c not in stats["splits"]["source/train"]["per_class"]]
         if missing:
             raise PrepareError(f"source/train: class(es) {missing} of data.classes have no annotated object")
         (tmp / "target/test" / HELDOUT_MARKER).write_text(
             "Held-out real test split: its boxes are read only by the evaluate stage.\n")
+        if provenance is not None:      # inside the atomic folder: the data never appears without its record
+            write_json(tmp / "provenance.json", provenance)
     stats["skipped_bad_images"] = skipped["bad"]
     stats["image_size"], stats["channels"], stats["kind"] = d.image_size, d.channels, "detection"
     preview = image_grid([np.stack(previews["source/train"]), np.stack(previews["target/train"])])
