@@ -176,6 +176,8 @@ class TaskParams:
 class VariantParams:
     method: str                  # a registered method (pipeline/methods): supervised, dann, self_training, ...
     train: str                   # the labelled training folder
+    val: Optional[str] = None    # labelled images of the same domain as train, for the source-val score and
+                                 # selection (None: data/prepared/source/val; a translated variant: the translated val)
     augment: str = "default"     # the name of an `augment` pipeline for the labelled images
     params: dict = field(default_factory=dict)   # the method's own, validated by its Params dataclass
     steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)

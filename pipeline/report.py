@@ -42,8 +42,25 @@ LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd"
 SUMMARY_LABEL_FREE = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
 COLLAPSE_SHARE = 0.5
 COLLAPSE_MIN_CLASSES = 3
-PICK_RULE = (f"max target_im among variants without target labels, except collapsed ones "
+PICK_RULE = (f"max target_im among variants known not to use target labels, except collapsed ones "
              f"(target_class_share_max > {COLLAPSE_SHARE}, >= {COLLAPSE_MIN_CLASSES} classes); tie: max source_val_acc")
+
+
+def label_use(value: Any) -> Optional[bool]:
+    """A variant's ``uses_target_labels`` as recorded: True or False, None when missing or not a bool
+    (unknown: the variant is never picked, whatever it scores)."""
+    return value if isinstance(value, bool) else None
+
+
+def labels_cell(uses: Optional[bool]) -> str:
+    return {True: "yes", False: "no"}.get(uses, "unknown")
+
+
+def unknown_label_use(rows: Sequence[Any]) -> str:
+    """The pick reason's note on variants left out because their label origin is unknown ('' for none)."""
+    unknown = [r.variant for r in rows if r.uses_target_labels is None]
+    return (f"; left out, as where their labels come from is unknown (no LABEL_ORIGIN mark on their training "
+            f"data): {', '.join(unknown)}") if unknown else ""
 
 
 @dataclass
@@ -51,7 +68,7 @@ class Row:
     variant: str
     accuracy: float
     macro_f1: float
-    uses_target_labels: bool
+    uses_target_labels: Optional[bool]     # None: unknown (never picked)
     gap_closed: Optional[float] = None
     # label-free scores from reports/train/<variant>/metrics.json; None when the run has none
     source_val_acc: Optional[float] = None
@@ -128,8 +145,9 @@ def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None) -> tuple[
     Only scores that need no real label are used, so a user without labelled real images can apply
     the same rule:
 
-    1. candidates: variants that do not use target labels (the oracle is an upper bound, not a
-       choice) and have label-free scores (an older run without them is never picked);
+    1. candidates: variants known not to use target labels (the oracle is an upper bound, not a
+       choice; a variant whose ``uses_target_labels`` is missing or unknown is left out: the pick fails
+       closed) and have label-free scores (an older run without them is never picked);
     2. exclude *collapsed* variants: ``target_class_share_max > COLLAPSE_SHARE`` (0.5), i.e. more than
        half of the real images given one class. With ``K >= COLLAPSE_MIN_CLASSES`` (3) classes a
        healthy model gives a class about ``1/K <= 1/3`` of the images even when the real set is
@@ -141,24 +159,25 @@ def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None) -> tuple[
        confident and diverse predictions); ties go to the higher ``source_val_acc`` (accuracy on
        the labelled synthetic validation split), then to the earlier row.
     """
-    candidates = [r for r in rows if not r.uses_target_labels and r.has_label_free]
+    candidates = [r for r in rows if r.uses_target_labels is False and r.has_label_free]
+    unknown = unknown_label_use(rows)
     if not candidates:
         scored = [r.variant for r in rows if r.has_label_free]
-        why = ("only variants that use target labels have label-free scores" if scored else
+        why = ("no variant known not to use target labels has label-free scores" if scored else
                "no variant has label-free scores (reports/train/<variant>/metrics.json without \"label_free\")")
-        return None, why
+        return None, why + unknown
     check_collapse = n_classes is None or n_classes >= COLLAPSE_MIN_CLASSES
     collapsed = [r for r in candidates if check_collapse and r.target_class_share_max > COLLAPSE_SHARE]
     healthy = [r for r in candidates if r not in collapsed]
     excluded = (f"; excluded as collapsed (more than {COLLAPSE_SHARE:.0%} of real images in one class): "
                 + ", ".join(r.variant for r in collapsed)) if collapsed else ""
     if not healthy:
-        return None, f"every candidate collapsed{excluded}"
+        return None, f"every candidate collapsed{excluded}{unknown}"
     best = max(healthy, key=lambda r: (r.target_im, -math.inf if r.source_val_acc is None else r.source_val_acc))
     ties = [r for r in healthy if r.target_im == best.target_im and r is not best]
     tie = f", tie on IM broken by source val accuracy {_fmt(best.source_val_acc)}" if ties else ""
     return best.variant, (f"highest IM on the real training images ({best.target_im:.4f}) among "
-                          f"{len(healthy)} candidate(s) without target labels{tie}{excluded}")
+                          f"{len(healthy)} candidate(s) without target labels{tie}{excluded}{unknown}")
 
 
 def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
@@ -168,7 +187,7 @@ def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
     their label-free scores (``label_free``: see :func:`collect_label_free`) and the label-free pick."""
     names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
     label_free = label_free or {}
-    rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], bool(metrics[v].get("uses_target_labels")),
+    rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], label_use(metrics[v].get("uses_target_labels")),
                 **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS})
             for v in names]
     summary = Summary(rows)
@@ -196,13 +215,13 @@ def to_markdown(summary: Summary) -> str:
         "# Sim-to-real: accuracy on the held-out real test set",
         "",
         f"Gap closed = (acc - {BASELINE}) / ({ORACLE} - {BASELINE}). Variants that use target labels are "
-        "upper bounds, not adaptation methods.",
+        "upper bounds, not adaptation methods; 'unknown': the origin of a variant's labels is not recorded.",
         "",
         "| variant | accuracy | macro-F1 | gap closed | uses target labels |",
         "|---|---:|---:|---:|:---:|",
     ]
     lines += [f"| {r.variant} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.gap_closed, '{:.1%}')} | "
-              f"{'yes' if r.uses_target_labels else 'no'} |" for r in summary.rows]
+              f"{labels_cell(r.uses_target_labels)} |" for r in summary.rows]
     lines += ["", *label_free_markdown(summary)]
     if summary.notes:
         lines += [""] + [f"Note: {n}" for n in summary.notes]
@@ -214,7 +233,7 @@ def pick_versus_best(summary: Summary) -> Optional[str]:
     if summary.pick is None:
         return None
     by_name = {r.variant: r for r in summary.rows}
-    fair = [r for r in summary.rows if not r.uses_target_labels]
+    fair = [r for r in summary.rows if r.uses_target_labels is False]
     best = max(fair, key=lambda r: -math.inf if r.accuracy is None else r.accuracy)
     text = f"the pick scores {_fmt(by_name[summary.pick].accuracy)} on the real test set; "
     if best.variant == summary.pick:
@@ -227,7 +246,9 @@ def label_free_markdown(summary: Summary) -> list[str]:
     lines = [
         "## Choosing without real labels",
         "",
-        "Scores that need no real label: accuracy on the labelled synthetic validation split, and on the "
+        "Scores that need no real label: accuracy on labelled validation images of the domain the variant "
+        "trains on (its `val`: the translated validation renders for a translated variant, else "
+        "data/prepared/source/val), and on the "
         "unlabelled real training images the mean prediction entropy (lower: more confident), information "
         "maximisation IM = H(mean p) - mean H(p) (higher: confident and diverse), soft neighbourhood "
         "density SND (higher: denser clusters) and the largest share of images predicted as one class "
@@ -266,13 +287,13 @@ def plot_summary(summary: Summary, path: str | Path, bars: Sequence[tuple[str, s
         values = [getattr(r, key) or 0.0 for r in summary.rows]
         bars = ax.bar(x + offset, values, width=0.4, label=label)
         for bar, row in zip(bars, summary.rows):
-            if row.uses_target_labels:
+            if row.uses_target_labels is not False:
                 bar.set_hatch("//")
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(x, labels=names)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score")
-    ax.set_title("real test set per variant (hatched: trained on target labels)")
+    ax.set_title("real test set per variant (hatched: trained on target labels, or unknown)")
     ax.legend(loc="upper left")
     fig.tight_layout()
     path = Path(path)

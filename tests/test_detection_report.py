@@ -25,7 +25,8 @@ def test_pick_skips_variants_that_lost_the_source_and_the_oracle():
 
 
 def test_summary_gap_closed_on_map50_and_files(tmp_path):
-    metrics = {"source_only": {"map50": 0.2, "map": 0.1}, "translated": {"map50": 0.3, "map": 0.15},
+    metrics = {"source_only": {"map50": 0.2, "map": 0.1, "uses_target_labels": False},
+               "translated": {"map50": 0.3, "map": 0.15, "uses_target_labels": False},
                "target_oracle": {"map50": 0.6, "map": 0.4, "uses_target_labels": True}}
     summary = summarize_detection(metrics, ["source_only", "translated", "target_oracle"])
     assert [r.gap_closed for r in summary.rows] == pytest.approx([0.0, 0.25, 1.0])

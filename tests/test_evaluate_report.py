@@ -176,7 +176,7 @@ def test_no_pick_without_scores_and_older_runs_are_never_picked():
     name, reason = pick_variant([row("source_only", None, None, val=None), row("dann", None, None, val=None)])
     assert name is None and "no variant has label-free scores" in reason
     name, reason = pick_variant([row("source_only", None, None), row("target_oracle", 2.0, 0.1, oracle=True)])
-    assert name is None and "only variants that use target labels" in reason
+    assert name is None and "no variant known not to use target labels" in reason
     assert pick_variant([row("source_only", None, None), row("dann", 0.1, 0.3)], 10)[0] == "dann"
 
 
@@ -304,3 +304,24 @@ def test_seeds_collect_only_reads_saved_summaries(tmp_path, capsys):
                                                                     "gap_closed": 0.0}})
     seeds.main(["--collect-only", "--out", str(tmp_path)])
     assert "| source_only | 0.6000 ± 0.1414 |" in capsys.readouterr().out
+
+
+def test_pick_fails_closed_on_a_variant_whose_label_use_is_unknown(tmp_path):
+    """A variant without a recorded ``uses_target_labels`` (a run made elsewhere, labels of unknown
+    origin) is never the pick, whatever its scores, and the tables say 'unknown'."""
+    eval_dir = write_eval(tmp_path / "eval", {"source_only": 0.6, "mystery": 0.95, "target_oracle": 0.9})
+    metrics = json.loads((eval_dir / "mystery" / "metrics.json").read_text())
+    del metrics["uses_target_labels"]
+    write_json(eval_dir / "mystery" / "metrics.json", metrics)
+    for variant, im in {"source_only": 0.8, "mystery": 2.0, "target_oracle": 2.1}.items():
+        write_json(tmp_path / "train" / variant / "metrics.json",
+                   {"label_free": {"source_val_acc": 0.9, "target_im": im, "target_class_share_max": 0.2}})
+    summary = write_report(eval_dir, tmp_path / "out", order=["source_only", "mystery", "target_oracle"],
+                           train_dir=tmp_path / "train", n_classes=10)
+    assert summary.pick == "source_only"
+    assert "unknown" in summary.pick_reason and "mystery" in summary.pick_reason
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| mystery | 0.9500 | 0.9000 | " in md and "| unknown |" in md
+    rows = [row("a", 1.5, 0.2), row("b", 0.5, 0.2)]
+    rows[0].uses_target_labels = None
+    assert pick_variant(rows, n_classes=10)[0] == "b"

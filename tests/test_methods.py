@@ -59,7 +59,8 @@ def train(method_name: str, raw_params: dict, steps: int = 400, net_class: type 
         j = torch.randint(0, 512, (64,), generator=g)
         views = {"weak": xt[j], "strong": xt[j] + 0.3 * torch.randn(64, 2, generator=g), "target": xt[j]}
         method.before_step(net, step, real)
-        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()}, j), step / steps)
+        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()}, j,
+                                         {k: xs[i] for k in method.source_views()}), step / steps)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -106,7 +107,7 @@ def test_cluster_labels_refresh_every_n_steps_and_survive_a_checkpoint():
     with torch.no_grad():
         net.head.weight.mul_(-1)                        # now every prediction is the wrong class
     weak = strong = xt[:8]
-    out = method.loss(net, StepBatch(xt[:8], yt[:8], {"weak": weak, "strong": strong}, torch.arange(8)), 0.9)
+    out = method.loss(net, StepBatch(xt[:8], yt[:8], {"weak": weak, "strong": strong}, torch.arange(8), {"weak": xt[:8]}), 0.9)
     logits = net(strong)[1]
     expected = torch.nn.functional.cross_entropy(logits, yt[:8], reduction="none")
     assert out.stats["mask_rate"] == 1.0
@@ -167,3 +168,25 @@ def test_registry_lists_the_built_in_methods_and_refuses_unknown_ones():
     with pytest.raises(ConfigError, match="variants.x.method: unknown method 'nope'"):
         methods.get("nope", "variants.x.method")
     assert math.isclose(methods.parse_params("dann", {"gamma": 5}, "v.params").gamma, 5.0)
+
+
+def test_relative_threshold_is_measured_on_the_weak_view_of_the_labelled_images():
+    """AdaMatch's tau: on weak source views, where the model is sure of the renders, not on the strongly
+    augmented labelled batch (where it may not be, and tau would fall to let every real image be taught)."""
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    method = methods.get("self_training")(methods.parse_params("self_training", {"threshold": 0.9}, "params"), ctx)
+    assert method.source_views() == {"weak": None}
+    net = LinearNet()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.tensor([[-3.0, 0.0], [3.0, 0.0]]))
+        net.head.bias.zero_()
+    y = torch.arange(8) % 2
+    weak_source = (y.float() * 4 - 2)[:, None] * torch.tensor([[1.0, 0.0]])   # far from the boundary: confident
+    strong_source = torch.zeros(8, 2)                                           # on the boundary: p = 0.5
+    real = torch.randn(4, 2)
+    out = method.loss(net, StepBatch(strong_source, y, {"weak": real, "strong": real}, None, {"weak": weak_source}), 0.5)
+    with torch.no_grad():
+        confidence = net(weak_source[:4])[1].softmax(1).max(1).values.mean()
+    assert out.stats["threshold"] == pytest.approx(0.9 * float(confidence), rel=1e-5)
+    assert out.stats["threshold"] > 0.85        # on the strong views it would be 0.9 * 0.5
+    assert out.logits.shape == (8, 2)           # train accuracy is read on the labelled batch as given

@@ -124,3 +124,37 @@ def test_variant_flag_exports_the_prototype_head(tmp_path):
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     shipped["task"]["kind"] = "detection"
     assert parse_params(shipped).variant("randomized_st").target_head is True
+
+
+class _Identity(nn.Module):
+    """``x -> (x, head(x))``: the features are the inputs, so the seeds can be computed by hand."""
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return x, self.head(x)
+
+
+def test_prototype_head_seeds_by_the_rule_self_training_clusters_with():
+    """One rule for both: the soft seeds use predictions aligned to a uniform class prior. A head that
+    favours class 0 everywhere would otherwise seed class 0 from every image."""
+    from pipeline.task.clustering import align_distribution
+
+    x, _ = blobs(90)
+    head = nn.Linear(3, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+        head.bias.copy_(torch.tensor([3.0, 0.0, 0.0]))      # skewed towards class 0
+    net = _Identity(head)
+    with torch.no_grad():
+        probs = head(x).softmax(1)
+    fit_prototype_head(net, head, TensorDataset(x, torch.zeros(90)), iterations=0)
+    aligned = nn.functional.normalize(align_distribution(probs, probs.mean(0)).t() @ nn.functional.normalize(x, dim=1), dim=1)
+    unaligned = nn.functional.normalize(probs.t() @ nn.functional.normalize(x, dim=1), dim=1)
+    got = nn.functional.normalize(head.weight.detach(), dim=1)
+    assert torch.allclose(got, aligned, atol=1e-5)
+    assert not torch.allclose(got, unaligned, atol=1e-3)
+    labels, _ = cluster_labels(x, probs, iterations=0)               # the rule self-training calls
+    assert torch.equal(labels, (nn.functional.normalize(x, dim=1) @ aligned.t()).argmax(1))

@@ -55,3 +55,32 @@ def test_variant_flag_exports_real_image_statistics(tmp_path, target_bn):
     assert torch.allclose(first.running_mean, expected, atol=1e-5) is target_bn
     assert result.metrics["target_bn"] is target_bn
     assert result.metrics.get("target_bn_layers", 0) == (3 if target_bn else 0)
+
+
+def test_statistics_of_class_sorted_images_are_those_of_the_whole_set():
+    """prepare writes an imagefolder target sorted by class: batches walked in order then hold one
+    class each. The statistics must still be the whole set's (mean 0, variance 1 here), not the
+    average of within-batch variances (about 0) nor weighted by a short last batch."""
+    x = torch.cat([torch.full((300, 1, 2, 2), -1.0), torch.full((200, 1, 2, 2), 1.5)])   # sorted by class
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1))
+    nn.init.constant_(model[1].weight, 2.0)
+    adapt_batchnorm(model, TensorDataset(x, torch.zeros(500)), batch_size=256)
+    values = x.flatten().double()
+    mean, var = values.mean(), values.var(unbiased=True)
+    torch.testing.assert_close(model[0].running_mean.double(), mean.view(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model[0].running_var.double(), var.view(1), rtol=1e-5, atol=1e-6)
+    # the second layer sees the first one's output with its new statistics: 2 (x - mean) / sqrt(var + eps)
+    z = 2 * (values - mean) / torch.sqrt(var + model[0].eps)
+    torch.testing.assert_close(model[2].running_mean.double(), z.mean().view(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model[2].running_var.double(), z.var(unbiased=True).view(1), rtol=1e-4, atol=1e-5)
+
+
+def test_statistics_do_not_depend_on_the_order_of_the_images():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    x = torch.cat([torch.randn(150, 1, 8, 8) - 2, torch.randn(150, 1, 8, 8) * 3 + 1])
+    adapt_batchnorm(model, TensorDataset(x, torch.zeros(300)), batch_size=64)
+    sorted_stats = [b.clone() for b in model.buffers()]
+    adapt_batchnorm(model, TensorDataset(x[torch.randperm(300)], torch.zeros(300)), batch_size=64)
+    for before, after in zip(sorted_stats, model.buffers()):
+        torch.testing.assert_close(before.double(), after.double(), rtol=1e-5, atol=1e-5)

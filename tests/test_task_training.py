@@ -101,6 +101,36 @@ def test_only_target_trained_variants_use_target_labels(project):
         [False, False, True]
 
 
+def test_real_labels_are_known_by_their_mark_wherever_the_folder_lies(project, tmp_path):
+    """A copy of the labelled real images outside data/prepared/target, or a translation of them (labels
+    kept), still counts as using target labels; a folder without the prepare's mark is unknown (None),
+    never assumed synthetic; a real val folder counts too (selection on real labels)."""
+    import shutil
+
+    from pipeline.gan.translate import carry_label_origin
+
+    root, prepared = project
+    copy = tmp_path / "elsewhere" / "copy_of_target_train"
+    shutil.copytree(prepared / "target" / "train", copy)
+    translated = tmp_path / "translated_target"
+    translated.mkdir()
+    assert carry_label_origin(prepared / "target" / "train", True, translated) == "real"
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(prepared / "source" / "train", unmarked)
+    (unmarked / "LABEL_ORIGIN").unlink()
+    raw = tiny_task_raw(root, prepared)
+    raw["variants"] = {
+        "copied": {"method": "supervised", "train": str(copy)},
+        "translated_real": {"method": "supervised", "train": str(translated)},
+        "unmarked": {"method": "supervised", "train": str(unmarked)},
+        "real_val": {"method": "supervised", "train": str(prepared / "source" / "train"),
+                     "val": str(prepared / "target" / "train")},
+        "source_only": {"method": "supervised", "train": str(prepared / "source" / "train")}}
+    params = parse_params(raw)
+    assert {v: uses_target_labels(params, v, prepared) for v in raw["variants"]} == {
+        "copied": True, "translated_real": True, "unmarked": None, "real_val": True, "source_only": False}
+
+
 def test_dann_logs_rising_lambda_and_domain_accuracy(project):
     root, prepared = project
     tracker = RecordingTracker()
@@ -276,3 +306,20 @@ def test_preload_decodes_once_within_the_budget_and_streams_beyond(project):
     assert all(torch.equal(a, small[i][0]) for i, a in enumerate(before))  # same images from memory
     (prepared / "source" / "val" / "images" / "0000.png").unlink()          # memory, not disk, serves them now
     assert small[0][0].shape == (1, SIZE, SIZE)
+
+
+def test_source_val_is_measured_on_the_variants_own_val_folder(project):
+    """A variant trained on another domain (translated renders) is validated on labelled images of that
+    domain (its ``val``), for selection and for the label-free source-val score."""
+    from pipeline.data.manifest import ImageSet
+    from pipeline.task.kinds import accuracy
+
+    root, prepared = project
+    own_val = write_split(root / "translated" / "val", 12, seed=9, real=True)
+    raw = tiny_task_raw(root, prepared)
+    raw["variants"]["source_only"]["val"] = str(own_val)
+    result = train(parse_params(raw), "source_only", root)
+    assert result.metrics["val"] == own_val.as_posix()
+    expected = accuracy(result.model, ImageSet(own_val, CLASSES, 1, SIZE), torch.device("cpu"))
+    assert result.metrics["label_free"]["source_val_acc"] == pytest.approx(expected)
+    assert max(row["source_val_acc"] for row in result.history) == pytest.approx(expected)   # select: source_val

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import parse_params
-from pipeline.data.manifest import HELDOUT_MARKER, write_manifest
+from pipeline.data.manifest import HELDOUT_MARKER, write_label_origin, write_manifest
 from pipeline.io import save_png
 
 CLASSES = ("a", "b")
@@ -31,7 +31,9 @@ def tiny_image(label: int, rng: np.random.Generator, real: bool) -> np.ndarray:
 
 def write_split(folder: Path, n: int, seed: int = 0, real: bool = False, labelled: bool = True,
                 heldout: bool = False) -> Path:
-    """``n`` tiny images (classes alternating) plus manifest.csv, optionally marked held-out."""
+    """``n`` tiny images (classes alternating) plus manifest.csv and the labels' origin mark (as
+    prepare writes them: ``real`` for labelled real images, ``synthetic`` for renders, ``none``),
+    optionally marked held-out."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -40,6 +42,7 @@ def write_split(folder: Path, n: int, seed: int = 0, real: bool = False, labelle
         save_png(tiny_image(label, rng, real), folder / "images" / f"{i:04d}.png")
         rows.append((f"images/{i:04d}.png", CLASSES[label] if labelled else ""))
     write_manifest(folder, rows)
+    write_label_origin(folder, ("real" if real else "synthetic") if labelled else "none")
     if heldout:
         (folder / HELDOUT_MARKER).write_text("held-out test split\n")
     return folder

@@ -110,7 +110,7 @@ def evaluate_detector(model: nn.Module, meta: dict[str, Any], variant: str, test
     scores = coco_map(predictions, targets, classes)
     metrics = {"variant": variant, "map50": scores["map50"], "map": scores["map"], "map75": scores["map75"],
                "per_class_ap": scores["per_class"], "n": len(test), "objects": scores["objects"],
-               "uses_target_labels": bool(meta.get("uses_target_labels", False)),
+               "uses_target_labels": meta.get("uses_target_labels"),   # None: unknown, never picked
                "selected_epoch": meta.get("selected_epoch")}
     out = Path(out_dir)
     write_json(out / "metrics.json", metrics)

@@ -21,14 +21,15 @@ from typing import Any, Optional, Sequence
 
 from pipeline.io import write_json, write_text
 from pipeline.metrics.classification import gap_closed
-from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, collect, collect_label_free,
-                             log_to_runs, plot_curves, plot_summary, write_score_table)
+from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, collect, collect_label_free, label_use,
+                             labels_cell, log_to_runs, plot_curves, plot_summary, unknown_label_use,
+                             write_score_table)
 
 log = logging.getLogger(__name__)
 
 LABEL_FREE_KEYS = ("source_val_map50", "target_confidence", "target_detections")
 SOURCE_KEEP = 0.8
-PICK_RULE = (f"max target_confidence among variants without target labels whose source_val_map50 is at least "
+PICK_RULE = (f"max target_confidence among variants known not to use target labels whose source_val_map50 is at least "
              f"{SOURCE_KEEP:.0%} of the best")
 BARS = (("map50", "mAP@.5"), ("map", "mAP@[.5:.95]"))
 
@@ -38,7 +39,7 @@ class DetectionRow:
     variant: str
     map50: float
     map: float
-    uses_target_labels: bool
+    uses_target_labels: Optional[bool]     # None: unknown (never picked)
     gap_closed: Optional[float] = None
     source_val_map50: Optional[float] = None
     target_confidence: Optional[float] = None
@@ -66,9 +67,10 @@ class DetectionSummary:
 
 def pick_detector(rows: Sequence[DetectionRow]) -> tuple[Optional[str], str]:
     """The variant to choose without real labels and why (the rule is in the module docstring)."""
-    candidates = [r for r in rows if not r.uses_target_labels and r.has_label_free]
+    candidates = [r for r in rows if r.uses_target_labels is False and r.has_label_free]
+    unknown = unknown_label_use(rows)
     if not candidates:
-        return None, "no variant without target labels has label-free scores"
+        return None, "no variant known not to use target labels has label-free scores" + unknown
     best_source = max(r.source_val_map50 for r in candidates)
     kept = [r for r in candidates if r.source_val_map50 >= SOURCE_KEEP * best_source]
     dropped = [r.variant for r in candidates if r not in kept]
@@ -76,14 +78,14 @@ def pick_detector(rows: Sequence[DetectionRow]) -> tuple[Optional[str], str]:
     excluded = f"; left out for a source-val mAP@.5 below {SOURCE_KEEP:.0%} of the best: {', '.join(dropped)}" \
         if dropped else ""
     return best.variant, (f"highest mean top score on the real training images ({best.target_confidence:.4f}) "
-                          f"among {len(kept)} candidate(s) without target labels{excluded}")
+                          f"among {len(kept)} candidate(s) without target labels{excluded}{unknown}")
 
 
 def summarize_detection(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
                         label_free: Optional[dict[str, dict[str, Optional[float]]]] = None) -> DetectionSummary:
     names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
     label_free = label_free or {}
-    rows = [DetectionRow(v, metrics[v]["map50"], metrics[v]["map"], bool(metrics[v].get("uses_target_labels")),
+    rows = [DetectionRow(v, metrics[v]["map50"], metrics[v]["map"], label_use(metrics[v].get("uses_target_labels")),
                          **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}) for v in names]
     summary = DetectionSummary(rows)
     summary.pick, summary.pick_reason = pick_detector(rows)
@@ -110,7 +112,7 @@ def to_markdown(summary: DetectionSummary) -> str:
         "|---|---:|---:|---:|:---:|",
     ]
     lines += [f"| {r.variant} | {_fmt(r.map50)} | {_fmt(r.map)} | {_fmt(r.gap_closed, '{:.1%}')} | "
-              f"{'yes' if r.uses_target_labels else 'no'} |" for r in summary.rows]
+              f"{labels_cell(r.uses_target_labels)} |" for r in summary.rows]
     lines += ["", "## Choosing without real labels", "",
               "| variant | source val mAP@.5 | target mean top score | target detections >= 0.5 per image |",
               "|---|---:|---:|---:|"]
@@ -119,7 +121,7 @@ def to_markdown(summary: DetectionSummary) -> str:
     lines += ["", f"Rule: {PICK_RULE}.", "",
               f"Pick without real labels: {summary.pick or 'none'} ({summary.pick_reason})."]
     if summary.pick is not None:
-        fair = [r for r in summary.rows if not r.uses_target_labels]
+        fair = [r for r in summary.rows if r.uses_target_labels is False]
         best = max(fair, key=lambda r: r.map50)
         picked = next(r for r in summary.rows if r.variant == summary.pick)
         lines += ["", f"For information only, never used to choose: the pick scores mAP@.5 {_fmt(picked.map50)} on "

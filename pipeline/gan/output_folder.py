@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.cli import UserError
-from pipeline.data.manifest import MANIFEST_NAME
+from pipeline.data.manifest import LABEL_ORIGIN_FILE, MANIFEST_NAME
 from pipeline.messages import count_and_examples
 
 TOOL = "sim2real-translate"
@@ -104,4 +104,4 @@ def translation_files(folder: Path) -> Optional[set[str]]:
         return None
     if header != MANIFEST_COLUMNS and not (folder / TRANSLATION_MARKER).is_file():
         return None
-    return paths | {MANIFEST_NAME, TRANSLATION_MARKER, PROVENANCE_NAME, ANNOTATIONS_NAME}
+    return paths | {MANIFEST_NAME, TRANSLATION_MARKER, PROVENANCE_NAME, ANNOTATIONS_NAME, LABEL_ORIGIN_FILE}

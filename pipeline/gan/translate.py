@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.checkpoint import CheckpointError
 from pipeline.cli import UserError
 from pipeline.data.images import BadImageError, is_image_file, load_image
-from pipeline.data.manifest import MANIFEST_NAME, ImageSet, ManifestError, read_manifest, to_tensor, to_uint8
+from pipeline.data.manifest import (MANIFEST_NAME, ImageSet, ManifestError, label_origin, read_manifest, to_tensor,
+                                    to_uint8, write_label_origin)
 from pipeline.distributed import resolve_device
 from pipeline.gan.export import open_generator
 from pipeline.gan.output_folder import (ANNOTATIONS_NAME, MANIFEST_COLUMNS, PROVENANCE_NAME, TOOL,
@@ -133,6 +134,7 @@ def translate_folder(generator_file: str | Path, input_folder: str | Path, out_d
     with atomic_directory(out_dir) as tmp:
         write_translations(generator, loader, inputs, tmp)
         boxes = carry_annotations(input_folder, inputs, tmp)
+        carry_label_origin(input_folder, any(inputs.labels) or boxes, tmp)
         seconds = time.perf_counter() - started
         # What is written is a function of the inputs only (the folder is a DVC dependency of
         # train_task@translated); timings go to the returned summary, for logs and MLflow.
@@ -161,6 +163,16 @@ def carry_annotations(input_folder: Path, inputs: TranslationInputs, out: Path) 
         raise ValueError(f"{source}: names images that were not translated under the same name, e.g. {missing[:3]}")
     write_json(out / ANNOTATIONS_NAME, blob)
     return True
+
+
+def carry_label_origin(input_folder: Path, labelled: bool, out: Path) -> Optional[str]:
+    """Mark ``out`` with where its labels come from: the input's mark when the labels were kept (a
+    translated real image keeps a real label: a variant training on it uses target labels), ``none``
+    when nothing was labelled; no mark when the input's origin is unknown. Returns the origin written."""
+    origin = label_origin(input_folder) if labelled else "none"
+    if origin is not None:
+        write_label_origin(out, origin)
+    return origin
 
 
 def write_translations(generator: torch.nn.Module, loader: DataLoader, inputs: TranslationInputs, folder: Path) -> None:

@@ -51,6 +51,7 @@ class StepBatch:
     y: Any                                                       # their labels: class indices (N,) or box dicts
     target: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> unlabelled real images
     target_index: Optional[torch.Tensor] = None                  # their indices in the real set (per-image state)
+    source: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> other views of ``x`` (same rows)
 
 
 @dataclass
@@ -79,6 +80,12 @@ class Method:
 
     def target_views(self) -> dict[str, Optional[str]]:
         return self.target_views_of(self.params)
+
+    def source_views(self) -> dict[str, Optional[str]]:
+        """Other views of the labelled batch needed per step, besides the one the variant's ``augment``
+        makes: view name -> ``augment`` pipeline name (None: the variant's own). The loop hands them in
+        :attr:`StepBatch.source`, row for row with ``x``. Empty (the default): none."""
+        return {}
 
     def target_batch_size(self, batch_size: int) -> int:
         """Real images per step, given the labelled batch size."""

@@ -2,17 +2,23 @@
 strong view, in the style of FixMatch (Sohn et al. 2020) with AdaMatch's adaptations to a domain
 shift (Berthelot et al. 2022).
 
-Per step, with a labelled batch ``x_s`` and the weak and strong views ``t_w``, ``t_s`` of a real batch
-(all three through the network as one batch, so BatchNorm sees both domains, as in AdaMatch):
+Per step, with a labelled batch ``x_s`` (augmented by the variant's pipeline), the weak view ``w_s``
+of its first ``m`` images (``m``: the real batch size) and the weak and strong views ``t_w``, ``t_s``
+of a real batch of ``m`` images (all four through the network as one batch, so BatchNorm sees both
+domains, as in AdaMatch):
 
     p_w      = softmax(h(f(t_w)))                       (no gradient)
     p_a      = normalise(p_w * prior / E[p_w])          distribution alignment: E[p_w] is a running
                                                         mean over steps, prior uniform over the classes
-    tau      = threshold * mean_s max softmax(h(f(x_s)))   relative confidence threshold
+    tau      = threshold * mean_s max softmax(h(f(w_s)))   relative confidence threshold, on the weak
+                                                        source view as AdaMatch computes it (on a strongly
+                                                        augmented batch the model may be unsure even of
+                                                        the renders, and tau would fall towards 0)
     l_t      = argmax p_a                               (pseudo_labels: prediction), or
     l_t      = the real image's cluster label           (pseudo_labels: cluster, the default)
     L_u      = mean_t [max p_a >= tau] * CE(h(f(t_s)), l_t)
-    L        = CE(h(f(x_s)), y_s) + weight * mu(p) * L_u,   mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2
+    L        = CE(h(f([x_s, w_s])), [y_s, y_s[:m]]) + weight * mu(p) * L_u,
+                                                        mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2
 
 Distribution alignment keeps the pseudo-labels class-balanced, so a model that favours a few classes
 on the real images cannot reinforce that; the relative threshold adapts to how confident the model
@@ -54,6 +60,7 @@ from torch import nn
 
 from pipeline.methods import register
 from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
+from pipeline.task.clustering import align_distribution
 
 
 PSEUDO_LABELS = ("cluster", "prediction")
@@ -95,13 +102,6 @@ def ramp_weight(progress: float, ramp: float) -> float:
     return 0.5 * (1.0 - math.cos(math.pi * min(1.0, progress / ramp)))
 
 
-def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
-    """``normalise(p * prior / running_mean)`` with a uniform prior (AdaMatch's distribution alignment)."""
-    prior = torch.full_like(running_mean, 1.0 / len(running_mean))
-    aligned = probs * (prior / running_mean.clamp_min(1e-6))
-    return aligned / aligned.sum(dim=1, keepdim=True)
-
-
 def pseudo_boxes(detections: dict[str, torch.Tensor], threshold: float,
                  device: torch.device) -> dict[str, torch.Tensor]:
     """The detections scoring at least ``threshold`` as a training target (copies made outside inference
@@ -132,13 +132,17 @@ class SelfTraining(Method):
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
-            if self.params.alignment:
-                probs = align_distribution(probs, probs.mean(0))
-            self.cluster_table = cluster_labels(features, probs, self.params.cluster_iterations)[0].to(self.ctx.device)
+            labels, _ = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment)
+            self.cluster_table = labels.to(self.ctx.device)
 
     @classmethod
     def target_views_of(cls, params: SelfTrainingParams) -> dict[str, Optional[str]]:
         return {"weak": params.weak, "strong": params.strong}
+
+    def source_views(self) -> dict[str, Optional[str]]:
+        """The weak view of the labelled images, which the relative threshold is measured on
+        (classification; the detection path has no threshold)."""
+        return {} if self.ctx.kind.name == "detection" else {"weak": self.params.weak}
 
     def target_batch_size(self, batch_size: int) -> int:
         return max(1, round(batch_size * self.params.target_ratio))
@@ -146,24 +150,25 @@ class SelfTraining(Method):
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
         if self.ctx.kind.name == "detection":
             return self.detection_loss(net, batch, progress)
-        n, weak, strong = len(batch.x), batch.target["weak"], batch.target["strong"]
-        m = len(weak)
-        _, logits = net(torch.cat([batch.x, weak, strong]))
-        source, weak_logits, strong_logits = logits[:n], logits[n:n + m], logits[n + m:]
-        ce = F.cross_entropy(source, batch.y)
+        weak, strong = batch.target["weak"], batch.target["strong"]
+        source_weak = batch.source["weak"][:len(weak)]
+        n, k, m = len(batch.x), len(source_weak), len(weak)
+        _, logits = net(torch.cat([batch.x, source_weak, weak, strong]))
+        source, weak_logits, strong_logits = logits[:n + k], logits[n + k:n + k + m], logits[n + k + m:]
+        ce = F.cross_entropy(source, torch.cat([batch.y, batch.y[:k]]))
         with torch.no_grad():
             probs = weak_logits.float().softmax(1)
             if self.params.alignment:
                 self.running_mean.mul_(self.params.momentum).add_(probs.mean(0), alpha=1 - self.params.momentum)
                 probs = align_distribution(probs, self.running_mean)
-            tau = self.params.threshold * source.float().softmax(1).max(1).values.mean()
+            tau = self.params.threshold * source[n:].float().softmax(1).max(1).values.mean()
             confidence, pseudo = probs.max(1)
             mask = (confidence >= tau).float()
             if self.uses_clusters and self.cluster_table is not None and batch.target_index is not None:
                 pseudo = self.cluster_table[batch.target_index.to(self.cluster_table.device)]
         unlabelled = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
-        return StepOutput(ce + mu * unlabelled, source, {"task": ce, "unlabelled": unlabelled},
+        return StepOutput(ce + mu * unlabelled, source[:n], {"task": ce, "unlabelled": unlabelled},
                           {"mask_rate": float(mask.mean()), "threshold": float(tau), "unlabelled_weight": mu})
 
     def detection_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:

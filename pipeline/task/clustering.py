@@ -5,12 +5,15 @@ classifier head, trained on synthetic images, draws the class borders in the wro
 Liang, Hu & Feng 2020, "Do we really need to access the source data?", Sec. 3.2). With
 L2-normalised features ``f_i`` of the real images and the model's class probabilities ``p_ik``:
 
-    c_k    = normalise( sum_i p_ik f_i )                 soft seeds: the model's view of class k
+    q_ik   = normalise_k( p_ik / mean_j p_jk )           distribution alignment to a uniform class prior
+                                                        (AdaMatch's, with the set's own mean)
+    c_k    = normalise( sum_i q_ik f_i )                 soft seeds: the model's view of class k
     l_i    = argmax_k  cos(f_i, c_k)                     assignment
     c_k    = normalise( sum_{i: l_i = k} f_i )           hard update (spherical k-means), repeated
 
 Self-training teaches ``l`` as pseudo-labels; :mod:`pipeline.task.prototypes` makes ``c`` the
-classifier. This module imports nothing from the project, so the methods that use it keep a small
+classifier. Both seed by the same rule (aligned, unless self-training's ``alignment`` is off), so a
+model that favours a few classes on the real images gives every class a seed all the same. This module imports nothing from the project, so the methods that use it keep a small
 import closure (and with it every stage's DVC code deps).
 """
 
@@ -22,11 +25,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5,
+def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+    """``normalise(p * prior / running_mean)`` with a uniform prior (AdaMatch's distribution alignment);
+    ``running_mean`` is the mean prediction it corrects for (``(K,)``)."""
+    prior = torch.full_like(running_mean, 1.0 / len(running_mean))
+    aligned = probs * (prior / running_mean.clamp_min(1e-6))
+    return aligned / aligned.sum(dim=1, keepdim=True)
+
+
+def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5, align: bool = True,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels (N,), centroids (K, D))`` by the formulas of the module docstring.
 
-    ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids.
+    ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids, aligned
+    to a uniform class prior first unless ``align`` is False.
     ``iterations`` hard updates follow the soft seeding (0: assign to the soft seeds). A class no image
     is assigned to keeps its previous centroid, so every class stays a candidate.
     """
@@ -34,7 +46,8 @@ def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int 
         raise ValueError(f"cluster_labels: expected features (N, D) and probs (N, K), got "
                          f"{tuple(features.shape)} and {tuple(probs.shape)}")
     f = F.normalize(features.float(), dim=1)
-    centroids = F.normalize(probs.float().t() @ f, dim=1)
+    seeds = align_distribution(probs.float(), probs.float().mean(0)) if align else probs.float()
+    centroids = F.normalize(seeds.t() @ f, dim=1)
     labels = (f @ centroids.t()).argmax(1)
     for _ in range(iterations):
         sums = F.one_hot(labels, probs.shape[1]).float().t() @ f

@@ -51,8 +51,8 @@ from torch.utils.data import Dataset
 
 from pipeline import methods
 from pipeline.checkpoint import Checkpointer
-from pipeline.config import ConfigError, Params, trains_on_target
-from pipeline.data.manifest import Views, preload_within
+from pipeline.config import ConfigError, Params
+from pipeline.data.manifest import Views, label_origin, preload_within
 from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
@@ -100,9 +100,16 @@ def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | P
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
 
-def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> bool:
-    """True when the variant learns from labelled real images (its train folder lies under ``target``)."""
-    return trains_on_target(params.variant(variant), Path(prepared) / "target")
+def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> Optional[bool]:
+    """Whether the variant learns from, or is selected on, labels of real images: True when its train or
+    val folder is marked ``real`` (:data:`~pipeline.data.manifest.LABEL_ORIGIN_FILE`, which prepare writes
+    into every split and translate and copies carry along, so a copy or a translation of labelled real
+    images still counts, wherever it lies); None when a folder has no mark (unknown: the report never
+    picks such a variant); else False."""
+    origins = [label_origin(folder) for folder in (params.variant(variant).train, val_folder(params, variant, prepared))]
+    if "real" in origins:
+        return True
+    return None if None in origins else False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,8 +150,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class TrainData:
-    labelled: Dataset                  # the variant's labelled set, augmented by its pipeline
-    val: Dataset                       # source/val, labelled, not augmented
+    labelled: Dataset                  # the variant's labelled set, augmented by its pipeline (and, when the
+                                       # method asks for other views of it, a Views of them, that one first)
+    val: Dataset                       # labelled images of the training domain (val_folder), not augmented
     target: Optional[Views]            # the method's views of the unlabelled real images, or None
     augments: list                     # every pipeline in use (reseeded each round)
 
@@ -162,9 +170,17 @@ def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) ->
         methods.parse_params(v.method, v.params, f"variants.{variant}.params"), ctx)
 
 
+def val_folder(params: Params, variant: str, prepared: str | Path = PREPARED) -> Path:
+    """Where the variant's source-val score is measured: its own ``val`` (labelled images of the domain
+    it trains on, e.g. the translated validation renders), else ``<prepared>/source/val``."""
+    v = params.variant(variant)
+    return Path(v.val) if v.val else Path(prepared) / SOURCE_VAL
+
+
 def load_data(params: Params, variant: str, method: Method, prepared: str | Path = PREPARED) -> TrainData:
-    """The variant's labelled set, synthetic validation and the method's views of the real images,
-    each decoded into memory once when it fits ``data.preload_mb``."""
+    """The variant's labelled set (with the other views of it the method asks for), its validation
+    set (:func:`val_folder`) and the method's views of the real images, each decoded into memory once
+    when it fits ``data.preload_mb``."""
     d, v, kind = params.data, params.variant(variant), task_kind(params)
     pipelines: dict[str, Any] = {}
 
@@ -174,8 +190,13 @@ def load_data(params: Params, variant: str, method: Method, prepared: str | Path
             pipelines[name] = kind.build_augment(params.augment[name], params.seed, key=f"augment.{name}")
         return pipelines[name]
 
-    labelled = kind.dataset(v.train, params, transform=pipeline(None))
-    val = kind.dataset(Path(prepared) / SOURCE_VAL, params)
+    if method.source_views():
+        labelled = Views(kind.dataset(v.train, params), {
+            "train": pipeline(None), **{view: pipeline(name) for view, name in method.source_views().items()}},
+            labelled=True)
+    else:
+        labelled = kind.dataset(v.train, params, transform=pipeline(None))
+    val = kind.dataset(val_folder(params, variant, prepared), params)
     target, views = None, {}
     if method.target_views():
         real = kind.dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
@@ -183,7 +204,8 @@ def load_data(params: Params, variant: str, method: Method, prepared: str | Path
             name = name or v.augment
             views[view] = kind.view_transform(pipeline(name), params.augment[name], params.seed, f"augment.{name}")
         target = Views(real, views)
-    preload_within((labelled, val, target.images if target else None), d.preload_mb * 2**20)
+    preload_within((getattr(labelled, "images", labelled), val, target.images if target else None),
+                   d.preload_mb * 2**20)
     in_use = {id(a): a for a in [*pipelines.values(), *views.values()] if a is not None}
     return TrainData(labelled, val, target, list(in_use.values()))
 
@@ -263,7 +285,7 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         augment.reseed(derive_seed(params.seed, rnd, _AUGMENT, rt.rank))
     labelled_idx = samplers.labelled.epoch_indices(rnd)
     target_idx = samplers.target.epoch_indices(rnd) if samplers.target is not None else None
-    views = list(method.target_views())
+    views, source_views = list(method.target_views()), list(method.source_views())
     net.train()
     totals, lr, started = RoundTotals(), 0.0, time.perf_counter()
     for i in range(steps):
@@ -271,6 +293,10 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         lr = method.learning_rate(task.optimizer.lr, p) or task_learning_rate(params, p)
         set_lr(optimizer, lr)
         x, y = samplers.labelled.load(labelled_idx[i])
+        source = {}
+        if source_views:      # (N, 1 + views, C, H, W): the variant's own view first
+            source = {view: x[:, k + 1].to(rt.device) for k, view in enumerate(source_views)}
+            x = x[:, 0]
         y = kind.to_device(y, rt.device)
         target, index = {}, None
         if target_idx is not None:
@@ -278,7 +304,7 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
             stacked, _ = samplers.target.load(index)
             target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
         method.before_step(net, run.step, data.target.images if data.target is not None else None)
-        out = method.loss(net, StepBatch(x.to(rt.device), y, target, index), p)
+        out = method.loss(net, StepBatch(x.to(rt.device), y, target, index, source), p)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -462,7 +488,8 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
     metrics = {
         "variant": variant, "method": v.method, "uses_target_labels": target_labels,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
-        "selected_source_val_acc": run.best_val_acc, "warnings": warnings, "target_bn": v.target_bn,
+        "selected_source_val_acc": run.best_val_acc, "val": val_folder(params, variant, prepared).as_posix(),
+        "warnings": warnings, "target_bn": v.target_bn,
         "target_head": v.target_head and params.task.kind == "classification",
         "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
@@ -472,10 +499,14 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
 
 
 def export_task_model(result: TrainResult, folder: str | Path, tracker) -> Path:
-    """``<folder>/model.pt`` (weights + build config + meta), mirrored to MLflow with its tags."""
+    """``<folder>/model.pt`` (weights + build config + meta), mirrored to MLflow with its tags: that
+    same file is the logged model's artifact, loaded by a pyfunc loader without pickled code
+    (:mod:`pipeline.task.mlflow_model`)."""
+    from pipeline.task.mlflow_model import task_model_spec
+
     path = Path(folder) / "model.pt"
     save_task_model(path, result.model, result.meta)
     tracker.set_tags({"stage": "train_task", "variant": result.meta["variant"], "method": result.meta["method"],
                       "uses_target_labels": result.meta["uses_target_labels"]})
-    tracker.log_model(result.model, f"task_{result.meta['variant']}")
+    tracker.log_model(task_model_spec(path, result.meta), f"task_{result.meta['variant']}")
     return path
