@@ -70,7 +70,7 @@ PSEUDO_LABELS = ("cluster", "prediction")
 class SelfTrainingParams:
     strong: str = "strong"        # augment pipeline of the strong view
     weak: Optional[str] = None    # augment pipeline of the weak view (None: the variant's own)
-    threshold: float = 0.9        # relative confidence threshold
+    threshold: float = 0.7        # relative confidence threshold (x the confidence on weak source views; AdaMatch: 0.9)
     weight: float = 1.0           # weight of the unlabelled loss once ramped up
     ramp: float = 0.5             # share of training over which the weight ramps up from 0
     alignment: bool = True        # distribution alignment to a uniform class prior
