@@ -73,14 +73,19 @@ def mlflow_server(tmp_path):
         _stop(proc)
 
 
+def track_on_server(url: str, folder: Path, monkeypatch) -> None:
+    """Stages in ``folder`` log to the server at ``url`` (tracking on, one experiment and DVC run name)."""
+    for key, value in {**QUIET, "MLFLOW_TRACKING_URI": url, "SIM2REAL_TRACKING": "on",
+                       "MLFLOW_EXPERIMENT_NAME": "server-exp", "DVC_EXP_NAME": "server-run"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(folder)
+
+
 @pytest.mark.slow
 def test_finished_pipeline_on_a_real_server(mlflow_server, tmp_path, default_raw, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    for key, value in {**QUIET, "MLFLOW_TRACKING_URI": mlflow_server, "SIM2REAL_TRACKING": "on",
-                       "MLFLOW_EXPERIMENT_NAME": "server-exp", "DVC_EXP_NAME": "server-run"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
+    track_on_server(mlflow_server, tmp_path, monkeypatch)
     params = parse_params(default_raw)
     check_server(mlflow_server)                 # a server that answers passes the probe stages make
     with stage_run("prepare", params) as tracker:
@@ -110,10 +115,7 @@ def test_logged_model_loads_back_from_a_real_server(mlflow_server, tmp_path, def
     from pipeline.task.mlflow_model import task_model_spec
     from pipeline.task.models import build_task_model
 
-    for key, value in {**QUIET, "MLFLOW_TRACKING_URI": mlflow_server, "SIM2REAL_TRACKING": "on",
-                       "MLFLOW_EXPERIMENT_NAME": "server-exp", "DVC_EXP_NAME": "server-run"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
+    track_on_server(mlflow_server, tmp_path, monkeypatch)
     meta = {"kind": "classification", "classes": ["a", "b"], "image_size": 16, "channels": 1, "variant": "dann"}
     save_task_model(tmp_path / "model.pt", build_task_model("small_cnn", 1, 2, width=4), meta)
     with stage_run("train_task", parse_params(default_raw), variant="dann") as tracker:
