@@ -315,11 +315,9 @@ def _validate(p: Params) -> None:
         if v.steps is not None and v.steps <= 0:
             raise ConfigError(f"variants.{name}.steps: expected a positive integer, got {v.steps!r}")
         if d.target.format == "folder" and trains_on_target(v):
-            raise ConfigError(
-                f"variants.{name}.train: {v.train!r} holds the real training images, which have no labels here "
-                f"(data.target.format is 'folder'), so this supervised variant cannot train; remove "
-                f"variants.{name} from params.yaml, or give labelled real training images "
-                f"(data.target.format: imagefolder or manifest)")
+            raise ConfigError(unlabelled_target_refusal(name, v, "data.target.format is 'folder'",
+                                                        "give labelled real training images "
+                                                        "(data.target.format: imagefolder or manifest)"))
 
 
 PREPARED_TARGET = Path("data/prepared/target")
@@ -343,6 +341,12 @@ def _validate_method(p: Params, name: str, v: VariantParams) -> None:
         if pipeline is not None and pipeline not in p.augment:
             raise ConfigError(f"variants.{name}.params: the {view!r} view uses augment pipeline {pipeline!r}, "
                               f"which 'augment' does not define (expected one of {pipelines})")
+
+
+def unlabelled_target_refusal(name: str, variant: VariantParams, why: str, fix: str) -> str:
+    """The one-line refusal of a variant that trains on real training images that have no labels (``why``)."""
+    return (f"variants.{name}.train: {variant.train!r} holds the real training images, which have no labels here "
+            f"({why}), so this supervised variant cannot train; remove variants.{name} from params.yaml, or {fix}")
 
 
 def trains_on_target(variant: VariantParams, prepared_target: str | Path = PREPARED_TARGET) -> bool:

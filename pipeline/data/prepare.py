@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import DataParams, Params, trains_on_target
+from pipeline.config import DataParams, Params, trains_on_target, unlabelled_target_refusal
 from pipeline.data.digits import real_digits, rendered_digits
 from pipeline.data.images import BadImageError, load_image
 from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_label_origin, write_manifest
@@ -227,10 +227,8 @@ def _check_unlabelled_target(params: Params) -> None:
     unlabelled manifest; params.yaml's checks already refuse it for a flat folder)."""
     for name, v in params.variants.items():
         if trains_on_target(v):
-            raise PrepareError(
-                f"variants.{name}.train: {v.train!r} holds the real training images, which have no labels here "
-                f"(data.target.root {params.data.target.root!r} lists none), so this supervised variant cannot "
-                f"train; remove variants.{name} from params.yaml, or label the real training images")
+            raise PrepareError(unlabelled_target_refusal(name, v, f"data.target.root {params.data.target.root!r} "
+                                                         "lists none", "label the real training images"))
 
 
 def _check_target_classes(source_labels: Iterable[int], target_labels: Iterable[Optional[int]],

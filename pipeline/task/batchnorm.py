@@ -23,11 +23,11 @@ asks for it with ``target_bn: true``.
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from pipeline.task.clustering import ordered_batches
 
 
 class _Reached(Exception):
@@ -52,16 +52,6 @@ def _in_forward_order(layers: list[nn.Module], model: nn.Module, x: torch.Tensor
     return list(dict.fromkeys(order))
 
 
-def _batches(images: Dataset, batch_size: int) -> Iterator[torch.Tensor]:
-    """The images in order, as batches (an in-memory ImageSet slices whole batches)."""
-    if hasattr(images, "batch"):
-        for start in range(0, len(images), batch_size):
-            yield images.batch(list(range(start, min(start + batch_size, len(images)))))[0]
-    else:
-        for x, _ in DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0):
-            yield x
-
-
 def _channel_moments(layer: nn.Module, model: nn.Module, images: Dataset, device, batch_size: int,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mu, sigma2)`` per channel of ``layer``'s input over every image and position (float64 sums)."""
@@ -75,7 +65,7 @@ def _channel_moments(layer: nn.Module, model: nn.Module, images: Dataset, device
 
     handle = layer.register_forward_pre_hook(hook)
     try:
-        for x in _batches(images, batch_size):
+        for x in ordered_batches(images, batch_size):
             try:
                 model(x.to(device))
             except _Reached:
@@ -101,7 +91,7 @@ def adapt_batchnorm(model: nn.Module, images: Dataset, device: torch.device | st
     was_training = model.training
     model.eval()
     try:
-        first = next(_batches(images, min(batch_size, 2)))
+        first = next(ordered_batches(images, min(batch_size, 2)))
         layers = _in_forward_order(layers, model, first.to(device))
         for layer in layers:
             mean, var = _channel_moments(layer, model, images, device, batch_size)

@@ -19,6 +19,8 @@ import closure (and with it every stage's DVC code deps).
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +59,17 @@ def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int 
     return labels, centroids
 
 
+def ordered_batches(images: Dataset, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """The images of ``images`` in order, as batches of at most ``batch_size`` (an in-memory ImageSet
+    slices whole batches at once; any other dataset goes through a DataLoader); labels are dropped."""
+    if hasattr(images, "batch"):
+        for start in range(0, len(images), batch_size):
+            yield images.batch(list(range(start, min(start + batch_size, len(images)))))[0]
+    else:
+        for x, _ in DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0):
+            yield x
+
+
 @torch.no_grad()
 def features_and_probs(net: nn.Module, images: Dataset, device: torch.device | str = "cpu",
                        batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +80,7 @@ def features_and_probs(net: nn.Module, images: Dataset, device: torch.device | s
     net.eval()
     feats, probs = [], []
     try:
-        if hasattr(images, "batch"):    # an in-memory ImageSet slices whole batches
-            batches = (images.batch(list(range(s, min(s + batch_size, len(images)))))
-                       for s in range(0, len(images), batch_size))
-        else:
-            batches = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=0)
-        for x, _ in batches:
+        for x in ordered_batches(images, batch_size):
             f, logits = net(x.to(device))
             feats.append(f.flatten(1).float().cpu())
             probs.append(logits.float().softmax(1).cpu())
