@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sim2real-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast ui bench seeds ablate
+.PHONY: setup repro test test-fast ui bench seeds ablate scenarios pick-rules
 
 # The install silences setuptools' "Editable installation" notice (about folders named like the
 # package) by its message only; every other build warning still shows.
@@ -42,3 +42,9 @@ seeds: $(STAMP)
 
 ablate: $(STAMP)
 	$(BIN)/python scripts/ablate_gan.py
+
+# The scenario suite (scripts/make_scenario.py): the default pipeline on seven scenarios, one workspace
+# each under runs/scenarios/, then runs/scenarios/scorecard.md (about two hours on 2 cores; not CI).
+scenarios: $(STAMP)
+	$(BIN)/python scripts/scenarios.py
+	$(BIN)/python scripts/pick_rules.py

@@ -11,10 +11,12 @@ a variant closes is
 Choosing without real labels: a user with no labelled real images cannot look at the test
 accuracy. Every ``reports/train/<variant>/metrics.json`` holds, under ``"label_free"``, scores of the
 trained model computed without any real label (:mod:`pipeline.metrics.label_free`): accuracy on the
-labelled synthetic validation split, and mean entropy, information maximisation (IM), soft
-neighbourhood density (SND) and the largest predicted-class share on the unlabelled real training
-images. :func:`pick_variant` chooses a variant from those alone; the test accuracy of that pick is
-shown next to the best test accuracy for information only and never feeds back into the choice.
+labelled validation images of the variant's own training domain, and mean entropy, information
+maximisation (IM), soft neighbourhood density (SND), BNM, ClassAMI and the largest predicted-class
+share on the unlabelled real training images, plus the predicted classes there.
+:func:`pick_variant` marks each variant's health and chooses from those alone
+(:mod:`pipeline.selection`); the test accuracy of that pick is shown next to the best test accuracy
+for information only and never feeds back into the choice.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any, Optional, Sequence
 
 from pipeline.io import write_json, write_text
 from pipeline.metrics.classification import gap_closed
+from pipeline.selection import (COLLAPSE_MIN_CLASSES, COLLAPSE_SHARE, FAILED_MARGIN, PICK_RULE_NAME, RULES, choose,
+                                health)
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +42,13 @@ OUT_DIR = Path("reports")
 PICK_KEY = "pick"                 # the one top-level entry of summary.json that is not a variant
 PICK_TAG = "sim2real.pick"        # MLflow tag on the report run and the parent run
 SCORES_FILE = "scores.csv"        # DVC's bar plot of the variants
-LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
-SUMMARY_LABEL_FREE = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max")
-COLLAPSE_SHARE = 0.5
-COLLAPSE_MIN_CLASSES = 3
-PICK_RULE = (f"max target_im among variants known not to use target labels, except collapsed ones "
-             f"(target_class_share_max > {COLLAPSE_SHARE}, >= {COLLAPSE_MIN_CLASSES} classes); tie: max source_val_acc")
+LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max",
+                   "target_bnm", "target_class_ami")
+SUMMARY_LABEL_FREE = LABEL_FREE_KEYS
+PICK_RULE = (f"{RULES[PICK_RULE_NAME].text} among the healthy variants known not to use target labels (not failed "
+             f"to learn their labelled data: val acc >= chance + {FAILED_MARGIN:.0%} of the way to 1; not collapsed: "
+             f"<= {COLLAPSE_SHARE:.0%} of real images in one class with >= {COLLAPSE_MIN_CLASSES} classes, no collapse "
+             f"during training); tie: max source_val_acc")
 
 
 def label_use(value: Any) -> Optional[bool]:
@@ -54,13 +59,6 @@ def label_use(value: Any) -> Optional[bool]:
 
 def labels_cell(uses: Optional[bool]) -> str:
     return {True: "yes", False: "no"}.get(uses, "unknown")
-
-
-def unknown_label_use(rows: Sequence[Any]) -> str:
-    """The pick reason's note on variants left out because their label origin is unknown ('' for none)."""
-    unknown = [r.variant for r in rows if r.uses_target_labels is None]
-    return (f"; left out, as where their labels come from is unknown (no LABEL_ORIGIN mark on their training "
-            f"data): {', '.join(unknown)}") if unknown else ""
 
 
 @dataclass
@@ -76,6 +74,12 @@ class Row:
     target_im: Optional[float] = None
     target_snd: Optional[float] = None
     target_class_share_max: Optional[float] = None
+    target_bnm: Optional[float] = None
+    target_class_ami: Optional[float] = None
+    # from the training record: the loop's warnings and the predicted classes on the real sample
+    warnings: list[str] = field(default_factory=list)
+    target_predicted: Optional[list[int]] = None
+    health: str = ""               # "" when it may be picked, else why not (pipeline.selection.health)
 
     @property
     def has_label_free(self) -> bool:
@@ -139,56 +143,39 @@ def collect_label_free(variants: Sequence[str], train_dir: str | Path = TRAIN_DI
     return found
 
 
+def collect_training_record(variants: Sequence[str], train_dir: str | Path = TRAIN_DIR) -> dict[str, dict[str, Any]]:
+    """``{variant: {"warnings": [...], "target_predicted": [...] or None}}`` from each
+    ``<train_dir>/<variant>/metrics.json`` (missing files: left out)."""
+    found = {}
+    for variant in variants:
+        path = Path(train_dir) / variant / "metrics.json"
+        if path.is_file():
+            record = json.loads(path.read_text())
+            predicted = record.get("target_predicted")
+            found[variant] = {"warnings": [str(w) for w in record.get("warnings") or []],
+                              "target_predicted": predicted if isinstance(predicted, list) else None}
+    return found
+
+
 def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None) -> tuple[Optional[str], str]:
-    """The variant to choose without real labels, and why: ``(name, reason)``, ``(None, reason)`` when none qualifies.
-
-    Only scores that need no real label are used, so a user without labelled real images can apply
-    the same rule:
-
-    1. candidates: variants known not to use target labels (the oracle is an upper bound, not a
-       choice; a variant whose ``uses_target_labels`` is missing or unknown is left out: the pick fails
-       closed) and have label-free scores (an older run without them is never picked);
-    2. exclude *collapsed* variants: ``target_class_share_max > COLLAPSE_SHARE`` (0.5), i.e. more than
-       half of the real images given one class. With ``K >= COLLAPSE_MIN_CLASSES`` (3) classes a
-       healthy model gives a class about ``1/K <= 1/3`` of the images even when the real set is
-       somewhat imbalanced, so over half in one class means the model has fallen back on a majority
-       answer; yet IM can stay positive for such a model (the remaining images spread over the
-       other classes). With 2 classes half is the balanced share itself, so the check is skipped;
-       when ``n_classes`` is unknown (``None``) it is applied;
-    3. take the highest ``target_im`` (information maximisation on the real training images:
-       confident and diverse predictions); ties go to the higher ``source_val_acc`` (accuracy on
-       the labelled synthetic validation split), then to the earlier row.
-    """
-    candidates = [r for r in rows if r.uses_target_labels is False and r.has_label_free]
-    unknown = unknown_label_use(rows)
-    if not candidates:
-        scored = [r.variant for r in rows if r.has_label_free]
-        why = ("no variant known not to use target labels has label-free scores" if scored else
-               "no variant has label-free scores (reports/train/<variant>/metrics.json without \"label_free\")")
-        return None, why + unknown
-    check_collapse = n_classes is None or n_classes >= COLLAPSE_MIN_CLASSES
-    collapsed = [r for r in candidates if check_collapse and r.target_class_share_max > COLLAPSE_SHARE]
-    healthy = [r for r in candidates if r not in collapsed]
-    excluded = (f"; excluded as collapsed (more than {COLLAPSE_SHARE:.0%} of real images in one class): "
-                + ", ".join(r.variant for r in collapsed)) if collapsed else ""
-    if not healthy:
-        return None, f"every candidate collapsed{excluded}{unknown}"
-    best = max(healthy, key=lambda r: (r.target_im, -math.inf if r.source_val_acc is None else r.source_val_acc))
-    ties = [r for r in healthy if r.target_im == best.target_im and r is not best]
-    tie = f", tie on IM broken by source val accuracy {_fmt(best.source_val_acc)}" if ties else ""
-    return best.variant, (f"highest IM on the real training images ({best.target_im:.4f}) among "
-                          f"{len(healthy)} candidate(s) without target labels{tie}{excluded}{unknown}")
+    """The variant to choose without real labels, and why: ``(name, reason)``, ``(None, reason)`` when none
+    qualifies; the candidates, the health checks and the rule are :mod:`pipeline.selection`'s. Marks each
+    row's ``health`` on the way."""
+    for row in rows:
+        row.health = health(row, n_classes) if row.has_label_free else ""
+    return choose(rows, n_classes)
 
 
 def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
               label_free: Optional[dict[str, dict[str, Optional[float]]]] = None,
-              n_classes: Optional[int] = None) -> Summary:
+              n_classes: Optional[int] = None, records: Optional[dict[str, dict[str, Any]]] = None) -> Summary:
     """Rows in ``order`` (then any other variant alphabetically) with their share of the gap closed,
-    their label-free scores (``label_free``: see :func:`collect_label_free`) and the label-free pick."""
+    their label-free scores (``label_free``: see :func:`collect_label_free`), their training record
+    (``records``: :func:`collect_training_record`) and the label-free pick."""
     names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
-    label_free = label_free or {}
+    label_free, records = label_free or {}, records or {}
     rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], label_use(metrics[v].get("uses_target_labels")),
-                **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS})
+                **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}, **records.get(v, {}))
             for v in names]
     summary = Summary(rows)
     summary.pick, summary.pick_reason = pick_variant(rows, n_classes)
@@ -251,22 +238,33 @@ def label_free_markdown(summary: Summary) -> list[str]:
         "data/prepared/source/val), and on the "
         "unlabelled real training images the mean prediction entropy (lower: more confident), information "
         "maximisation IM = H(mean p) - mean H(p) (higher: confident and diverse), soft neighbourhood "
-        "density SND (higher: denser clusters) and the largest share of images predicted as one class "
-        "(near 1: collapse).",
+        "density SND (higher: denser clusters), the batch nuclear norm BNM (higher: confident and diverse), "
+        "ClassAMI (higher: the predicted classes are the feature clusters) and the largest share of images "
+        "predicted as one class (near 1: collapse). Status: whether the variant may be picked.",
         "",
-        "| variant | source val acc | target entropy | target IM | target SND | max class share |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | source val acc | target entropy | target IM | target SND | target BNM | ClassAMI | "
+        "max class share | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [f"| {r.variant} | {_fmt(r.source_val_acc)} | {_fmt(r.target_entropy)} | {_fmt(r.target_im)} | "
-              f"{_fmt(r.target_snd)} | {_fmt(r.target_class_share_max, '{:.1%}')} |" for r in summary.rows]
+              f"{_fmt(r.target_snd)} | {_fmt(r.target_bnm)} | {_fmt(r.target_class_ami)} | "
+              f"{_fmt(r.target_class_share_max, '{:.1%}')} | {status(r)} |" for r in summary.rows]
     lines += ["", f"Rule: {PICK_RULE}.", ""]
     if summary.pick is None:
         lines.append(f"Pick without real labels: none ({summary.pick_reason}).")
         return lines
-    im = next(r.target_im for r in summary.rows if r.variant == summary.pick)
-    lines.append(f"Pick without real labels: {summary.pick} (IM {im:.4f}): {summary.pick_reason}.")
+    lines.append(f"Pick without real labels: {summary.pick}: {summary.pick_reason}.")
     lines += ["", f"For information only, never used to choose: {pick_versus_best(summary)}"]
     return lines
+
+
+def status(row: Row) -> str:
+    """The report's status cell: why a variant may not be picked, else whether it is a candidate at all."""
+    if row.uses_target_labels is not False:
+        return "bound (real labels)" if row.uses_target_labels else "unknown labels"
+    if not row.has_label_free:
+        return "no label-free scores"
+    return f"**not picked: {row.health}**" if row.health else "ok"
 
 
 BARS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))   # (Row attribute, label) of the summary figure
@@ -370,7 +368,8 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     classes of the data) decides whether :func:`pick_variant` checks for collapse.
     """
     metrics = collect(eval_dir, order)
-    summary = summarize(metrics, order, collect_label_free(list(metrics), train_dir), n_classes)
+    summary = summarize(metrics, order, collect_label_free(list(metrics), train_dir), n_classes,
+                        collect_training_record(list(metrics), train_dir))
     out = Path(out_dir)
     write_json(out / "summary.json", summary.as_json())
     write_text(out / "summary.md", to_markdown(summary))

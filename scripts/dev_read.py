@@ -9,7 +9,8 @@ split target_oracle trains on), never on the held-out test split, which nothing 
 without real labels cannot run it; it is a development tool, and what it prints is a dev read.
 
 ``--workspace`` is a project folder whose ``data/prepared`` exists (``dvc repro prepare`` ran there,
-with the scenario's params.yaml). Each ``--set dotted.key=value`` (value parsed as YAML) is one
+with the scenario's params.yaml: ``scripts/scenarios.py --stage prepare`` makes one per scenario). Each
+``--set dotted.key=value`` (value parsed as YAML; several assignments joined by ``;``) is one
 configuration, trained after the baseline (the workspace's params.yaml as it is) into
 ``<workspace>/dev_read/<n>/``, away from the DVC outputs; runs go one after another. One line per
 configuration: the dev accuracy, the label-free scores and the training time.
@@ -85,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     raw = yaml.safe_load((workspace / "params.yaml").read_text())
     configs = [] if args.no_baseline else [("baseline", raw)]
     for i, item in enumerate(args.set, start=1):
-        key, _, value = item.partition("=")
-        configs.append((f"{i}-{key.split('.')[-1]}-{value}", with_override(raw, key, yaml.safe_load(value))))
+        config, names = raw, []
+        for assignment in item.split(";"):
+            key, _, value = assignment.strip().partition("=")
+            config = with_override(config, key, yaml.safe_load(value))
+            names.append(f"{key.split('.')[-1]}-{value}")
+        configs.append((f"{i}-{'-'.join(names)}"[:80], config))
     print(f"DEV READ on {workspace / TRAIN_SPLIT} (real training labels; the test split is never read)")
     for name, config in configs:
         result = run(workspace, args.variant, name, config)

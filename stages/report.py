@@ -1,7 +1,7 @@
 """DVC stage ``report``: compare every evaluated variant in ``reports/summary.{json,md,png}``.
 
 It also reads the label-free scores in ``reports/train/<variant>/metrics.json`` and marks the variant
-to pick without real labels (:func:`pipeline.report.pick_variant`). The ``<variant>.<metric>``
+to pick without real labels (:mod:`pipeline.selection`). The ``<variant>.<metric>``
 metrics also go to the MLflow parent run of this pipeline execution, so ``mlflow.search_runs``
 shows all variants side by side; the pick is the tag ``sim2real.pick`` there and on the report run, and
 the registry alias ``champion`` on the registered version of the pick's model (on none without a pick).

@@ -115,7 +115,8 @@ def test_report_without_oracle_has_no_gap_and_says_why(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == \
         {"dann": {"accuracy": 0.7, "macro_f1": pytest.approx(0.65), "gap_closed": None, "source_val_acc": None,
                   "target_entropy": None,
-                  "target_im": None, "target_snd": None, "target_class_share_max": None},
+                  "target_im": None, "target_snd": None, "target_class_share_max": None,
+                      "target_bnm": None, "target_class_ami": None},
          "pick": {"variant": None, "rule": PICK_RULE}}
     assert "Note: gap closed needs the source_only and target_oracle" in (tmp_path / "summary.md").read_text()
 
@@ -149,20 +150,20 @@ def test_pick_is_the_highest_im_among_variants_without_target_labels():
     rows = [row("source_only", 0.8, 0.2), row("translated", 1.1, 0.3), row("dann", 0.9, 0.25),
             row("target_oracle", 2.0, 0.1, oracle=True)]
     name, reason = pick_variant(rows, n_classes=10)
-    assert name == "translated" and "1.1000" in reason and "3 candidate" in reason
+    assert name == "translated" and "max target IM: 1.1000" in reason and "3 healthy candidate" in reason
 
 
 def test_pick_excludes_collapsed_variants():
     """dann puts 70% of the real images in one class: excluded although its IM is the highest."""
     rows = [row("source_only", 0.8, 0.2), row("dann", 1.2, 0.7), row("translated", 0.5, COLLAPSE_SHARE)]
     name, reason = pick_variant(rows, n_classes=10)
-    assert name == "source_only" and "excluded as collapsed" in reason and "dann" in reason
+    assert name == "source_only" and "dann: collapsed (70% of real images in one class)" in reason
     assert pick_variant(rows) == (name, reason)                          # unknown class count: checked
     # with 2 classes, half the images in one class is the balanced share: no collapse check
     assert pick_variant(rows, n_classes=2)[0] == "dann"
     everything_collapsed = [row("source_only", 0.8, 0.9), row("dann", 1.2, 0.7)]
     name, reason = pick_variant(everything_collapsed, n_classes=3)
-    assert name is None and "every candidate collapsed" in reason
+    assert name is None and "every candidate is unhealthy" in reason
 
 
 def test_pick_ties_go_to_the_higher_source_val_accuracy():
@@ -197,15 +198,16 @@ def test_report_marks_the_pick_and_shows_n_a_for_older_runs(tmp_path):
     assert saved["pick"] == {"variant": "dann", "rule": PICK_RULE}
     assert set(saved) == {"source_only", "translated", "dann", "target_oracle", "pick"}
     assert set(saved["dann"]) == {"accuracy", "macro_f1", "gap_closed", "source_val_acc", "target_entropy", "target_im",
-                                  "target_snd", "target_class_share_max"}
+                                  "target_snd", "target_class_share_max", "target_bnm", "target_class_ami"}
     assert saved["dann"]["target_im"] == 1.1 and saved["dann"]["target_class_share_max"] == 0.35
     assert saved["translated"]["target_im"] is None and saved["translated"]["accuracy"] == 0.75
 
     md = (tmp_path / "summary.md").read_text()
     assert "| dann | 0.7000 | 0.6500 | 33.3% | no |" in md
-    assert "| dann | 0.9300 | 0.3000 | 1.1000 | 4.0000 | 35.0% |" in md
-    assert "| translated | n/a | n/a | n/a | n/a | n/a |" in md
-    assert "Pick without real labels: dann (IM 1.1000)" in md
+    assert "| dann | 0.9300 | 0.3000 | 1.1000 | 4.0000 | n/a | n/a | 35.0% | ok |" in md
+    assert "| translated | n/a | n/a | n/a | n/a | n/a | n/a | n/a | no label-free scores |" in md
+    assert "| target_oracle | 0.5000 | 0.3000 | 2.0000 | 4.0000 | n/a | n/a | 12.0% | bound (real labels) |" in md
+    assert "Pick without real labels: dann: max target IM: 1.1000" in md
     assert ("the pick scores 0.7000 on the real test set; the best variant without target labels there is "
             "translated with 0.7500.") in md
 
@@ -216,8 +218,9 @@ def test_report_collapse_exclusion_changes_the_pick(tmp_path):
                                                  "dann": label_free(1.5, 0.8)})
     summary = write_report(eval_dir, tmp_path, train_dir=train_dir, n_classes=10)
     md = (tmp_path / "summary.md").read_text()
-    assert summary.pick == "source_only" and "Pick without real labels: source_only (IM 0.8000)" in md
-    assert "excluded as collapsed" in md and "it is also the best" not in md
+    assert summary.pick == "source_only" and "Pick without real labels: source_only: max target IM: 0.8000" in md
+    assert "| dann | 0.9000 | 0.3000 | 1.5000 | 4.0000 | n/a | n/a | 80.0% | **not picked: collapsed (80% of real images" in md
+    assert "it is also the best" not in md
     assert json.loads((tmp_path / "summary.json").read_text())["pick"]["variant"] == "source_only"
 
 
@@ -227,7 +230,8 @@ def test_report_without_any_scores_says_so(tmp_path):
     summary = write_report(eval_dir, tmp_path, train_dir=train_dir)
     md = (tmp_path / "summary.md").read_text()
     assert summary.pick is None and "Pick without real labels: none (no variant has label-free scores" in md
-    assert "| dann | n/a | n/a | n/a | n/a | n/a |" in md and "For information only" not in md
+    assert "| dann | n/a | n/a | n/a | n/a | n/a | n/a | n/a | no label-free scores |" in md
+    assert "For information only" not in md
     assert json.loads((tmp_path / "summary.json").read_text())["pick"]["variant"] is None
 
 

@@ -32,12 +32,14 @@ READS_TEST_SPLIT = re.compile(
 
 def project_sources(root: Path = REPO) -> list[Path]:
     """Every Python file under ``root``, tracked or not, except the tests (their helpers build held-out
-    splits on purpose), hidden folders (.venv, .git, .dvc) and any other virtualenv (a pyvenv.cfg)."""
+    splits on purpose), hidden folders (.venv, .git, .dvc), any other virtualenv (a pyvenv.cfg) and
+    any nested DVC project (a .dvc folder: the scenario workspaces of scripts/scenarios.py, whose code
+    is a copy of this one, checked here where it lives)."""
     found = []
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and not (here / d / "pyvenv.cfg").exists()
-                               and not (here == root and d == "tests"))
+                               and not (here / d / ".dvc").is_dir() and not (here == root and d == "tests"))
         found += [here / name for name in sorted(files) if name.endswith(".py")]
     return found
 
@@ -131,6 +133,9 @@ def test_the_source_scan_catches_a_tool_reading_the_test_split(tmp_path, line):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "tool.py").write_text(f"def run(folder):\n    {line}\n")
     (tmp_path / "scripts" / "clean.py").write_text('stage("train_task", "--variant", "translated")\n')
+    workspace = tmp_path / "runs" / "scenario"          # a nested DVC project (a copy of the code): skipped
+    (workspace / ".dvc").mkdir(parents=True)
+    (workspace / "tool.py").write_text(f"def run(folder):\n    {line}\n")
     assert offenders(READS_TEST_SPLIT, EVALUATE_CODE, tmp_path) == ["scripts/tool.py"]
 
 

@@ -10,7 +10,7 @@ import torch
 from scipy.special import softmax
 
 from pipeline.data.manifest import ImageSet
-from pipeline.metrics.label_free import (class_share_max, information_maximization, label_free_scores,
+from pipeline.metrics.label_free import (batch_nuclear_norm, class_ami, class_share_max, information_maximization, label_free_scores,
                                          mean_entropy, soft_neighborhood_density)
 from pipeline.task.models import build_task_model
 from tinydata import CLASSES, SIZE, tiny_prepared
@@ -110,13 +110,17 @@ def test_label_free_scores_keys_ranges_and_mode(tmp_path):
     torch.manual_seed(0)
     model = build_task_model("small_cnn", 1, len(CLASSES), width=4).train()
     scores = label_free_scores(model, target, source_val, "cpu", seed=0, limit=10)
-    assert set(scores) == {"source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max"}
+    predicted = scores.pop("target_predicted")
+    assert set(scores) == {"source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max",
+                           "target_bnm", "target_class_ami"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in scores.values())
+    assert len(predicted) == 10 and set(predicted) <= {0, 1}
+    assert max(predicted.count(0), predicted.count(1)) / 10 == scores["target_class_share_max"]
     assert 0.0 <= scores["source_val_acc"] <= 1.0 and 0.5 <= scores["target_class_share_max"] <= 1.0
     assert 0.0 <= scores["target_im"] <= math.log(2) + 1e-9
     assert 0.0 <= scores["target_snd"] <= math.log(10 - 1) + 1e-9       # limit=10 target images
     assert model.training                                                # mode restored
-    assert label_free_scores(model, target, source_val, "cpu", seed=0, limit=10) == scores
+    assert label_free_scores(model, target, source_val, "cpu", seed=0, limit=10) == {**scores, "target_predicted": predicted}
 
 
 def test_label_free_scores_refuses_labelled_target(tmp_path):
@@ -149,3 +153,22 @@ def test_a_trained_model_scores_better_than_an_untrained_one(tmp_path):
     assert after["target_im"] > before["target_im"] + 0.1
     assert after["target_class_share_max"] < before["target_class_share_max"]
     assert after["target_entropy"] < before["target_entropy"]
+
+
+def test_batch_nuclear_norm_rewards_confident_diverse_predictions():
+    eye = np.eye(4)
+    confident_diverse = np.repeat(eye, 5, axis=0)                # 20 one-hot rows over 4 classes
+    collapsed = np.tile(eye[:1], (20, 1))                        # every row the same class
+    uniform = np.full((20, 4), 0.25)
+    assert batch_nuclear_norm(confident_diverse) == pytest.approx(4 * math.sqrt(5) / 20)
+    assert batch_nuclear_norm(collapsed) == pytest.approx(math.sqrt(20) / 20)
+    assert batch_nuclear_norm(confident_diverse) > batch_nuclear_norm(collapsed) > batch_nuclear_norm(uniform) - 1e-12
+
+
+def test_class_ami_is_high_when_predictions_follow_the_feature_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3) * 5
+    labels = np.repeat(np.arange(3), 30)
+    features = centres[labels] + rng.normal(0, 0.3, (90, 3))
+    assert class_ami(features, labels, 3) > 0.9
+    assert class_ami(features, rng.permutation(labels), 3) < 0.1

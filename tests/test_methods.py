@@ -59,7 +59,7 @@ def train(method_name: str, raw_params: dict, steps: int = 400, net_class: type 
         j = torch.randint(0, 512, (64,), generator=g)
         views = {"weak": xt[j], "strong": xt[j] + 0.3 * torch.randn(64, 2, generator=g), "target": xt[j]}
         method.before_step(net, step, real)
-        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()}, j,
+        out = method.loss(net, StepBatch(xs[i], ys[i], {k: views[k] for k in method.target_views()},
                                          {k: xs[i] for k in method.source_views()}), step / steps)
         optimizer.zero_grad()
         out.loss.backward()
@@ -82,7 +82,7 @@ def test_self_training_on_cluster_labels_raises_target_accuracy_too():
     assert source_only < 0.92 and self_trained > 0.97
 
 
-def test_cluster_labels_refresh_every_n_steps_and_survive_a_checkpoint():
+def test_cluster_centroids_refresh_every_n_steps_and_survive_a_checkpoint():
     ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
     method = methods.get("self_training")(methods.parse_params("self_training", {"refresh": 3}, "params"), ctx)
     g = torch.Generator().manual_seed(0)
@@ -92,22 +92,27 @@ def test_cluster_labels_refresh_every_n_steps_and_survive_a_checkpoint():
         net.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
         net.head.bias.zero_()
     real = TensorDataset(xt, -torch.ones(64))
-    tables = []
+    seen = []
     for step in range(7):
         method.before_step(net, step, real)
-        tables.append(method.cluster_table)
-    assert [tables[k] is tables[k - 1] for k in range(1, 7)] == [True, True, False, True, True, False]
-    assert torch.equal(tables[-1], yt)
+        seen.append(method.centroids)
+    assert [seen[k] is seen[k - 1] for k in range(1, 7)] == [True, True, False, True, True, False]
+
+    def nearest(centroids):
+        f = torch.nn.functional.normalize(net(xt)[0], dim=1)
+        return (f @ centroids.t()).argmax(1)
+
+    assert torch.equal(nearest(seen[-1]), yt)
     resumed = methods.get("self_training")(method.params, ctx)
     resumed.load_state_dict(method.state_dict())
-    assert torch.equal(resumed.cluster_table, yt)
-    resumed.before_step(net, 7, real)                 # not a refresh step: the restored table is kept
-    assert resumed.cluster_table is not None and torch.equal(resumed.cluster_table, yt)
-    # the unlabelled loss teaches each real image its cluster label, not the prediction
+    torch.testing.assert_close(resumed.centroids, seen[-1])
+    resumed.before_step(net, 7, real)                 # not a refresh step: the restored centroids are kept
+    torch.testing.assert_close(resumed.centroids, seen[-1])
+    # the unlabelled loss teaches each real image the class of its nearest centroid, not the prediction
     with torch.no_grad():
         net.head.weight.mul_(-1)                        # now every prediction is the wrong class
     weak = strong = xt[:8]
-    out = method.loss(net, StepBatch(xt[:8], yt[:8], {"weak": weak, "strong": strong}, torch.arange(8), {"weak": xt[:8]}), 0.9)
+    out = method.loss(net, StepBatch(xt[:8], yt[:8], {"weak": weak, "strong": strong}, {"weak": xt[:8]}), 0.9)
     logits = net(strong)[1]
     expected = torch.nn.functional.cross_entropy(logits, yt[:8], reduction="none")
     assert out.stats["mask_rate"] == 1.0
@@ -184,7 +189,7 @@ def test_relative_threshold_is_measured_on_the_weak_view_of_the_labelled_images(
     weak_source = (y.float() * 4 - 2)[:, None] * torch.tensor([[1.0, 0.0]])   # far from the boundary: confident
     strong_source = torch.zeros(8, 2)                                           # on the boundary: p = 0.5
     real = torch.randn(4, 2)
-    out = method.loss(net, StepBatch(strong_source, y, {"weak": real, "strong": real}, None, {"weak": weak_source}), 0.5)
+    out = method.loss(net, StepBatch(strong_source, y, {"weak": real, "strong": real}, {"weak": weak_source}), 0.5)
     with torch.no_grad():
         confidence = net(weak_source[:4])[1].softmax(1).max(1).values.mean()
     assert out.stats["threshold"] == pytest.approx(0.9 * float(confidence), rel=1e-5)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from pipeline.reproducibility import seeded_generator
 
@@ -45,3 +46,12 @@ class DomainSampler:
 def stack_items(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     """``[(image, label), ...] -> (images (N, C, H, W), labels (N,))``."""
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+def subsample(dataset: Dataset, limit: int, seed: int) -> Dataset:
+    """At most ``limit`` items, drawn without replacement by a generator seeded with ``seed`` (the
+    dataset itself when it has no more)."""
+    if len(dataset) <= limit:
+        return dataset
+    index = np.sort(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
+    return Subset(dataset, index.tolist())

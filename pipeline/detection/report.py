@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 from pipeline.io import write_json, write_text
 from pipeline.metrics.classification import gap_closed
 from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, collect, collect_label_free, label_use,
-                             labels_cell, log_to_runs, plot_curves, plot_summary, unknown_label_use,
-                             write_score_table)
+                             labels_cell, log_to_runs, plot_curves, plot_summary, write_score_table)
+from pipeline.selection import unknown_label_use
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,6 @@ class StepBatch:
     x: torch.Tensor                                              # labelled images (N, C, H, W)
     y: Any                                                       # their labels: class indices (N,) or box dicts
     target: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> unlabelled real images
-    target_index: Optional[torch.Tensor] = None                  # their indices in the real set (per-image state)
     source: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> other views of ``x`` (same rows)
 
 
@@ -96,9 +95,10 @@ class Method:
         return {}
 
     def before_step(self, net: nn.Module, step: int, real: Optional[Any]) -> None:
-        """Called before each step's loss with the number of steps done and the unaugmented real
-        training images (a Dataset; None when the method asked for no views): for state computed over
-        the whole real set, such as refreshed pseudo-labels. Default: nothing."""
+        """Called before each step's loss with the number of steps done and a fixed sample of the
+        unaugmented real training images (a Dataset of at most the loop's ``REAL_SAMPLE`` images, the
+        same every step; None when the method asked for no views): for state computed over the real
+        set, such as refreshed cluster centroids. Default: nothing."""
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
         """The loss of one step; ``progress`` in [0, 1) is the share of training done."""

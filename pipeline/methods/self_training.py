@@ -15,7 +15,7 @@ domains, as in AdaMatch):
                                                         augmented batch the model may be unsure even of
                                                         the renders, and tau would fall towards 0)
     l_t      = argmax p_a                               (pseudo_labels: prediction), or
-    l_t      = the real image's cluster label           (pseudo_labels: cluster, the default)
+    l_t      = argmax_k cos(f(t_w), c_k)                 (pseudo_labels: cluster, the default: nearest real centroid)
     L_u      = mean_t [max p_a >= tau] * CE(h(f(t_s)), l_t)
     L        = CE(h(f([x_s, w_s])), [y_s, y_s[:m]]) + weight * mu(p) * L_u,
                                                         mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2
@@ -24,10 +24,12 @@ Distribution alignment keeps the pseudo-labels class-balanced, so a model that f
 on the real images cannot reinforce that; the relative threshold adapts to how confident the model
 is on the labelled domain instead of a fixed 0.95 the shifted domain may never reach.
 
-Cluster labels (classification): every ``refresh`` steps the whole unaugmented real training set is
-clustered in feature space, one cluster per class seeded by the model's aligned predictions
-(:func:`pipeline.task.clustering.cluster_labels`, as SHOT's self-supervised pseudo-labels, Liang et
-al. 2020). An image's pseudo-label is then its cluster's class, which uses where the *other* real
+Cluster labels (classification): every ``refresh`` steps a fixed sample of the unaugmented real
+training images (all of them up to the loop's ``REAL_SAMPLE``, so the cost does not grow with the
+real set) is clustered in feature space, one cluster per class seeded by the model's aligned
+predictions (:func:`pipeline.task.clustering.cluster_labels`, as SHOT's self-supervised
+pseudo-labels, Liang et al. 2020). A real image's pseudo-label is then the class of the centroid
+nearest its weak view's features, ``argmax_k cos(f(t_w), c_k)``, which uses where the *other* real
 images lie rather than only the model's reading of this one; the confidence mask still decides which
 images are taught. On the built-in scenario (seed 0, 1,800 steps) this raised the held-out accuracy
 from 0.772 to 0.820; teaching every image its cluster label regardless of confidence (SHOT's rule)
@@ -118,22 +120,22 @@ class SelfTraining(Method):
     def __init__(self, params: SelfTrainingParams, ctx: MethodContext):
         super().__init__(params, ctx)
         self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
-        self.cluster_table: Optional[torch.Tensor] = None   # cluster label of every real training image
+        self.centroids: Optional[torch.Tensor] = None   # (K, D) class centroids of the real images' features
 
     @property
     def uses_clusters(self) -> bool:
         return self.params.pseudo_labels == "cluster" and self.ctx.kind.name != "detection"
 
     def before_step(self, net: nn.Module, step: int, real: Optional[Any]) -> None:
-        """Recluster the real images every ``refresh`` steps (and when resumed without a table)."""
+        """Recluster the real images every ``refresh`` steps (and when resumed without centroids)."""
         if not self.uses_clusters or real is None:
             return
-        if step % self.params.refresh == 0 or self.cluster_table is None:
+        if step % self.params.refresh == 0 or self.centroids is None:
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
-            labels, _ = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment)
-            self.cluster_table = labels.to(self.ctx.device)
+            _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment)
+            self.centroids = centroids.to(self.ctx.device)
 
     @classmethod
     def target_views_of(cls, params: SelfTrainingParams) -> dict[str, Optional[str]]:
@@ -153,7 +155,7 @@ class SelfTraining(Method):
         weak, strong = batch.target["weak"], batch.target["strong"]
         source_weak = batch.source["weak"][:len(weak)]
         n, k, m = len(batch.x), len(source_weak), len(weak)
-        _, logits = net(torch.cat([batch.x, source_weak, weak, strong]))
+        features, logits = net(torch.cat([batch.x, source_weak, weak, strong]))
         source, weak_logits, strong_logits = logits[:n + k], logits[n + k:n + k + m], logits[n + k + m:]
         ce = F.cross_entropy(source, torch.cat([batch.y, batch.y[:k]]))
         with torch.no_grad():
@@ -164,8 +166,9 @@ class SelfTraining(Method):
             tau = self.params.threshold * source[n:].float().softmax(1).max(1).values.mean()
             confidence, pseudo = probs.max(1)
             mask = (confidence >= tau).float()
-            if self.uses_clusters and self.cluster_table is not None and batch.target_index is not None:
-                pseudo = self.cluster_table[batch.target_index.to(self.cluster_table.device)]
+            if self.uses_clusters and self.centroids is not None:
+                weak_features = F.normalize(features[n + k:n + k + m].flatten(1).float(), dim=1)
+                pseudo = (weak_features @ self.centroids.t()).argmax(1)
         unlabelled = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
         return StepOutput(ce + mu * unlabelled, source[:n], {"task": ce, "unlabelled": unlabelled},
@@ -192,11 +195,11 @@ class SelfTraining(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"running_mean": self.running_mean.detach().cpu().clone()}
-        if self.cluster_table is not None:
-            state["cluster_table"] = self.cluster_table.detach().cpu().clone()
+        if self.centroids is not None:
+            state["centroids"] = self.centroids.detach().cpu().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running_mean.copy_(state["running_mean"].to(self.running_mean.device))
-        table = state.get("cluster_table")
-        self.cluster_table = table.to(self.ctx.device) if table is not None else None
+        centroids = state.get("centroids")
+        self.centroids = centroids.to(self.ctx.device) if centroids is not None else None

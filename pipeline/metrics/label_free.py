@@ -108,6 +108,36 @@ def soft_neighborhood_density(probs: Any, temperature: float = SND_TEMPERATURE,
     return float(_row_entropy(neighbours).mean())
 
 
+def batch_nuclear_norm(probs: Any) -> float:
+    """BNM ``= ||P||_* / N``: the nuclear norm (sum of singular values) of the ``(N, K)`` prediction
+    matrix over ``N``; higher is better.
+
+    The nuclear norm is large when the predictions are confident (rows near one-hot) *and* diverse
+    (many classes in use: the matrix has high rank); a collapsed model has rank one. Cui et al.,
+    "Towards discriminability and diversity: batch nuclear-norm maximization under label
+    insufficient situations" (CVPR 2020); as a validator, Musgrave, Belongie & Lim (2022).
+    """
+    p = _as_probs(probs)
+    return float(np.linalg.svd(p, compute_uv=False).sum() / len(p))
+
+
+def class_ami(features: Any, predicted: Any, num_classes: int, seed: int = 0) -> float:
+    """ClassAMI: the adjusted mutual information between the model's predicted classes and a k-means
+    clustering (``K`` clusters) of its L2-normalised features of the same images; higher is better.
+
+    High when the classes the model predicts are the clusters its own features form (the classifier
+    cuts the feature space where the data is sparse), near 0 when the two are unrelated. Musgrave,
+    Belongie & Lim (2022) (there on source and target features; here on the target images only).
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    f = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    clusters = KMeans(n_clusters=min(num_classes, len(f)), n_init=3, random_state=seed).fit_predict(f)
+    return float(adjusted_mutual_info_score(clusters, np.asarray(predicted).ravel()))
+
+
 def class_share_max(predicted: Any, num_classes: Optional[int] = None) -> float:
     """The largest share of images predicted as one class (``1/K`` when balanced, 1 when collapsed)."""
     pred = np.asarray(predicted, dtype=int).ravel()
@@ -116,7 +146,7 @@ def class_share_max(predicted: Any, num_classes: Optional[int] = None) -> float:
     return float(np.bincount(pred, minlength=num_classes or 0).max() / pred.size)
 
 
-def label_free_scores(model, target_set, source_val_set, device, seed: int, limit: int = LIMIT) -> dict[str, float]:
+def label_free_scores(model, target_set, source_val_set, device, seed: int, limit: int = LIMIT) -> dict[str, Any]:
     """Label-free scores of ``model``, as written under ``"label_free"`` in the train metrics.
 
     - ``source_val_acc``: accuracy on ``source_val_set`` (the labelled synthetic validation split, all of it);
@@ -124,12 +154,16 @@ def label_free_scores(model, target_set, source_val_set, device, seed: int, limi
       :func:`information_maximization` and :func:`soft_neighborhood_density` of the softmax outputs
       on ``target_set`` (the real training images, opened with ``labels=False``);
     - ``target_class_share_max``: :func:`class_share_max` of the predicted classes on ``target_set``
-      (a collapse indicator).
+      (a collapse indicator);
+    - ``target_bnm``, ``target_class_ami``: :func:`batch_nuclear_norm` and :func:`class_ami` there;
+    - ``target_predicted``: the predicted class of each scored target image, in order (a list; the
+      same seeded sample for every variant of a run, so the report can compare their predictions).
 
     At most ``limit`` target images are scored, drawn by a generator seeded with ``seed``. The forward
     passes run in eval mode, without gradients; the model's train/eval mode is restored afterwards.
     """
-    from pipeline.task.evaluate import predict, subsample   # pipeline.task imports the metrics, not the reverse
+    from pipeline.data.sampling import subsample
+    from pipeline.task.evaluate import predict   # pipeline.task imports the metrics, not the reverse
 
     if len(target_set) < 2:
         raise ValueError(f"label-free scores need at least 2 target images, got {len(target_set)}")
@@ -150,4 +184,7 @@ def label_free_scores(model, target_set, source_val_set, device, seed: int, limi
         "target_im": information_maximization(probs),
         "target_snd": soft_neighborhood_density(probs, max_samples=limit, seed=seed),
         "target_class_share_max": class_share_max(target.predicted, probs.shape[1]),
+        "target_bnm": batch_nuclear_norm(probs),
+        "target_class_ami": class_ami(target.features, target.predicted, probs.shape[1], seed),
+        "target_predicted": target.predicted.astype(int).tolist(),
     }

@@ -20,11 +20,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import Params
 from pipeline.data.manifest import HELDOUT_MARKER, ImageSet, heldout_test_set, is_heldout
+from pipeline.data.sampling import subsample
 from pipeline.io import atomic_file, write_json
 from pipeline.metrics.classification import classification_report, plot_confusion_matrix
 from pipeline.metrics.domain_gap import proxy_a_distance
@@ -63,14 +64,6 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str = "cp
         feats.append(f.float().cpu().numpy())
         labels.append(np.asarray(y))
     return Outputs(np.concatenate(preds), np.concatenate(labels), np.concatenate(feats), np.concatenate(probs))
-
-
-def subsample(dataset: Dataset, limit: int, seed: int) -> Dataset:
-    """At most ``limit`` items, drawn without replacement by a generator seeded with ``seed``."""
-    if len(dataset) <= limit:
-        return dataset
-    index = np.sort(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
-    return Subset(dataset, index.tolist())
 
 
 def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> None:

@@ -53,7 +53,7 @@ from pipeline import methods
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, Params
 from pipeline.data.manifest import Views, label_origin, preload_within
-from pipeline.data.sampling import DomainSampler
+from pipeline.data.sampling import DomainSampler, subsample
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
@@ -72,6 +72,8 @@ SOURCE_VAL = "source/val"
 TARGET_TRAIN = "target/train"
 FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task")
 COLLAPSE_RATIO = 0.5      # a final source-val accuracy below half the best means the run destroyed what it learned
+REAL_SAMPLE = 2048        # real images that clustering, AdaBN and the prototype head read (a fixed, seeded sample
+                          # beyond this), so their cost does not grow with the real set
 
 # Streams of derive_seed(seed, round, STREAM, ...): one generator per purpose.
 _AUGMENT = 3
@@ -155,6 +157,7 @@ class TrainData:
     val: Dataset                       # labelled images of the training domain (val_folder), not augmented
     target: Optional[Views]            # the method's views of the unlabelled real images, or None
     augments: list                     # every pipeline in use (reseeded each round)
+    real_sample: Optional[Dataset] = None   # at most REAL_SAMPLE of the real images, unaugmented (None: no views)
 
     @property
     def folders(self) -> list[Path]:
@@ -207,7 +210,8 @@ def load_data(params: Params, variant: str, method: Method, prepared: str | Path
     preload_within((getattr(labelled, "images", labelled), val, target.images if target else None),
                    d.preload_mb * 2**20)
     in_use = {id(a): a for a in [*pipelines.values(), *views.values()] if a is not None}
-    return TrainData(labelled, val, target, list(in_use.values()))
+    sample = subsample(target.images, REAL_SAMPLE, params.seed) if target is not None else None
+    return TrainData(labelled, val, target, list(in_use.values()), sample)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,13 +302,12 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
             source = {view: x[:, k + 1].to(rt.device) for k, view in enumerate(source_views)}
             x = x[:, 0]
         y = kind.to_device(y, rt.device)
-        target, index = {}, None
+        target = {}
         if target_idx is not None:
-            index = target_idx[i]
-            stacked, _ = samplers.target.load(index)
+            stacked, _ = samplers.target.load(target_idx[i])
             target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
-        method.before_step(net, run.step, data.target.images if data.target is not None else None)
-        out = method.loss(net, StepBatch(x.to(rt.device), y, target, index, source), p)
+        method.before_step(net, run.step, data.real_sample)
+        out = method.loss(net, StepBatch(x.to(rt.device), y, target, source), p)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -459,7 +462,11 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
                 kind.network(result.model), classifier_layer(result.model), real)
             log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
                      ", ".join(f"{k} {val:.3f}" for k, val in result.metrics["target_head_stats"].items()))
-        result.metrics["label_free"] = kind.label_free(result.model, real, data.val, rt.device, params.seed)
+        scores = kind.label_free(result.model, real, data.val, rt.device, params.seed)
+        predicted = scores.pop("target_predicted", None)    # the report compares variants' predictions
+        result.metrics["label_free"] = scores
+        if predicted is not None:
+            result.metrics["target_predicted"] = predicted
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
@@ -467,11 +474,13 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
 
 
 def _real_images(data: TrainData, params: Params, prepared: str | Path) -> Dataset:
-    """The unlabelled real training images, unaugmented (already in memory when the method used them):
-    AdaBN and the label-free scores (what the report picks a variant by) read them."""
-    if data.target is not None:
-        return data.target.images
-    return task_kind(params).dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
+    """At most :data:`REAL_SAMPLE` unlabelled real training images (a fixed, seeded sample), unaugmented
+    (already in memory when the method used them): AdaBN, the prototype head and the label-free scores
+    (what the report picks a variant by) read them."""
+    if data.real_sample is not None:
+        return data.real_sample
+    real = task_kind(params).dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
+    return subsample(real, REAL_SAMPLE, params.seed)
 
 
 def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path,

@@ -1,0 +1,215 @@
+"""Run the default pipeline on every scenario of the suite and write one scorecard (not CI: ~2 hours).
+
+    .venv/bin/python scripts/scenarios.py                       # every scenario, then the scorecard
+    .venv/bin/python scripts/scenarios.py --only fonts camera   # some of them
+    .venv/bin/python scripts/scenarios.py --collect-only        # the scorecard from what already ran
+
+Each scenario (``scripts/make_scenario.py``) is its own workspace, ``<out>/<name>/``: the project's
+code and ``dvc.yaml`` copied in, ``params.yaml`` the project's own with the scenario's ``data``
+section, the scenario's folders under ``scenario/``. ``dvc repro`` there reruns only what a change
+touches (DVC hashes the copied code), so after changing a default the suite reruns only the
+variants it affects. Scenarios run one after another (two trainings at once slow each other far
+more than twice), with MLflow tracking off.
+
+The scorecard (``<out>/scorecard.{md,json}``) has per scenario every variant's held-out test
+accuracy, the label-free pick, source-only and the oracle, the share of the gap the pick closes and
+the wall time. It also stores, per variant, a DEV READ: accuracy and predictions on the scenario's
+labelled real *training* split (``data/prepared/target/train``), which ``scripts/pick_rules.py`` and
+tuning use, never the test split. What this prints about the test split is a report, not a choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from make_scenario import SCENARIOS   # scripts/ is on the path of a script run from it
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CODE = ("pipeline", "stages", "dvc.yaml")
+ORDER = ("fonts", "grey", "photo", "camera", "imbalanced", "small", "builtin")
+DEV_SPLIT = "data/prepared/target/train"
+CARD = "scorecard.json"
+
+
+def sync_code(workspace: Path) -> None:
+    """Copy the project's code and dvc.yaml into ``workspace`` (files whose content is unchanged are
+    left alone, so DVC sees no change there)."""
+    for name in CODE:
+        src = ROOT / name
+        if src.is_file():
+            _copy_if_changed(src, workspace / name)
+            continue
+        wanted = {p.relative_to(src) for p in src.rglob("*.py")}
+        for rel in wanted:
+            _copy_if_changed(src / rel, workspace / name / rel)
+        for stale in (workspace / name).rglob("*.py"):
+            if stale.relative_to(workspace / name) not in wanted:
+                stale.unlink()
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def scenario_params(data: dict) -> dict:
+    """The project's params.yaml with the scenario's ``data`` keys merged in (nested dicts merged)."""
+    def merge(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), data)
+
+
+def prepare_workspace(name: str, out: Path, seed: int) -> Path:
+    """``<out>/<name>/`` with the scenario's folders (built once), its params and the current code."""
+    workspace = out / name
+    built = workspace / "scenario" / "BUILT.json"
+    if built.is_file():
+        data = json.loads(built.read_text())
+    else:
+        shutil.rmtree(workspace / "scenario", ignore_errors=True)
+        data = SCENARIOS[name](workspace / "scenario", seed)
+        built.parent.mkdir(parents=True, exist_ok=True)
+        built.write_text(json.dumps(data, indent=1))
+    sync_code(workspace)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(scenario_params(data), sort_keys=False))
+    if not (workspace / ".dvc").is_dir():
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=workspace, check=True)
+    return workspace
+
+
+def repro(workspace: Path, stage: str | None = None) -> float:
+    """``dvc repro [stage]`` in ``workspace`` (tracking off); returns the wall seconds."""
+    env = {**os.environ, "SIM2REAL_TRACKING": "off", "NO_ALBUMENTATIONS_UPDATE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    started = time.perf_counter()
+    with open(workspace / "repro.log", "w") as log:
+        subprocess.run([sys.executable, "-m", "dvc", "repro", *([stage] if stage else [])], cwd=workspace, env=env, check=True,
+                       stdout=log, stderr=subprocess.STDOUT)
+    return time.perf_counter() - started
+
+
+def dev_read(workspace: Path, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """DEV READ: each variant's accuracy and predicted classes on the labelled real *training* split."""
+    import numpy as np
+
+    from pipeline.config import load_params
+    from pipeline.data.manifest import ImageSet
+    from pipeline.task.evaluate import predict
+    from pipeline.task.export import load_task_model
+
+    d = load_params(workspace / "params.yaml").data
+    dev = ImageSet(workspace / DEV_SPLIT, d.classes, d.channels, d.image_size)
+    found = {}
+    for variant in variants:
+        path = workspace / "models" / "task" / variant / "model.pt"
+        if path.is_file():
+            model, _ = load_task_model(path)
+            out = predict(model, dev)
+            found[variant] = {"dev_accuracy": float(np.mean(out.predicted == out.labels)),
+                              "dev_predicted": out.predicted.tolist()}
+    found["_labels"] = {"dev_labels": out.labels.tolist()} if found else {}
+    return found
+
+
+def collect(workspace: Path, seconds: float | None) -> dict[str, Any]:
+    """One scenario's card: the report's summary, each variant's training record and the dev read."""
+    summary = json.loads((workspace / "reports" / "summary.json").read_text())
+    variants = [v for v in summary if v != "pick"]
+    train = {v: json.loads((workspace / "reports" / "train" / v / "metrics.json").read_text()) for v in variants
+             if (workspace / "reports" / "train" / v / "metrics.json").is_file()}
+    dev = dev_read(workspace, variants)
+    card = {"pick": summary["pick"], "repro_seconds": seconds, "dev_labels": dev.pop("_labels", {}).get("dev_labels"),
+            "variants": {}}
+    for v in variants:
+        t = train.get(v, {})
+        card["variants"][v] = {**summary[v], "train_seconds": t.get("train_seconds"), "warnings": t.get("warnings", []),
+                               "uses_target_labels": t.get("uses_target_labels"),
+                               "final_train_acc": t.get("final", {}).get("train_acc"),
+                               "label_free": t.get("label_free", {}), **dev.get(v, {})}
+    return card
+
+
+def gap(card: dict) -> float | None:
+    """Share of the source-only -> oracle gap the pick closes on the test split (the pick falls back
+    to source_only when it chose none)."""
+    v = card["variants"]
+    pick = card["pick"]["variant"] or "source_only"
+    low, high = v["source_only"]["accuracy"], v["target_oracle"]["accuracy"]
+    return None if high <= low else (v[pick]["accuracy"] - low) / (high - low)
+
+
+def scorecard_markdown(cards: dict[str, dict]) -> str:
+    found = list(dict.fromkeys(v for c in cards.values() for v in c["variants"]))
+    order = list(yaml.safe_load((ROOT / "params.yaml").read_text())["variants"])    # as params.yaml lists them
+    variants = [v for v in order if v in found] + [v for v in found if v not in order]
+    lines = ["| scenario | " + " | ".join(variants) + " | pick | gap closed by the pick | wall |",
+             "|---|" + "---:|" * len(variants) + "---|---:|---:|"]
+    gaps = []
+    for name, card in cards.items():
+        cells = []
+        for v in variants:
+            row = card["variants"].get(v)
+            cells.append("n/a" if row is None else f"{row['accuracy']:.3f}")
+        g = gap(card)
+        gaps.append(g)
+        pick = card["pick"]["variant"] or "none (source_only)"
+        wall = "n/a" if card.get("repro_seconds") is None else f"{card['repro_seconds'] / 60:.1f} min"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pick} | {'n/a' if g is None else f'{g:.0%}'} | {wall} |")
+    known = [g for g in gaps if g is not None]
+    if known:
+        lines += ["", f"Gap closed by the pick: mean {sum(known) / len(known):.0%}, worst {min(known):.0%} "
+                      f"over {len(known)} scenario(s). Accuracies: held-out real test split (report only)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scenarios")
+    ap.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=None)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the scenario folders (the pipeline's is params.yaml's)")
+    ap.add_argument("--collect-only", action="store_true", help="no runs: the scorecard of the finished workspaces")
+    ap.add_argument("--stage", default=None, help="only `dvc repro STAGE` (e.g. prepare, for dev reads); no scorecard")
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    names = args.only or list(ORDER)
+    for name in names if not args.collect_only else ():
+        print(f"== {name}", file=sys.stderr, flush=True)
+        workspace = prepare_workspace(name, out, args.seed)
+        seconds = repro(workspace, args.stage)
+        if args.stage:
+            continue
+        card = collect(workspace, seconds)
+        (workspace / CARD).write_text(json.dumps(card))
+        print(f"   {name}: pick {card['pick']['variant']}, gap closed {gap(card)}, {seconds:.0f} s",
+              file=sys.stderr, flush=True)
+    if args.stage:
+        return
+    cards = {n: json.loads((out / n / CARD).read_text()) for n in ORDER if (out / n / CARD).is_file()}
+    if not cards:
+        sys.exit(f"error: no {CARD} under {out}; run the suite first")
+    (out / "scorecard.json").write_text(json.dumps({n: {k: v for k, v in c.items() if k != "dev_labels"}
+                                                    for n, c in cards.items()}, indent=1))
+    text = scorecard_markdown(cards)
+    (out / "scorecard.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

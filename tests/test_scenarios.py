@@ -1,0 +1,122 @@
+"""The scenario suite's pieces: scenario builders, the runner's workspace and scorecard, the pick-rule dev read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.io import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """The suite's scripts as modules (scripts/ on the path, as when they run from there)."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def test_the_suite_has_every_kind_of_shift_the_issue_names(scripts):
+    make = scripts("make_scenario")
+    assert {"builtin", "grey", "photo", "fonts", "camera", "imbalanced", "small"} <= set(make.SCENARIOS)
+    assert set(scripts("scenarios").ORDER) == set(make.SCENARIOS)
+
+
+def test_long_tail_keeps_the_first_class_whole_and_thins_the_last(scripts):
+    make = scripts("make_scenario")
+    labels = np.repeat(np.arange(10), 200)
+    kept = make.long_tail(labels, 12.0, seed=0)
+    counts = np.bincount(labels[kept], minlength=10)
+    assert counts.max() == 200 and 8 <= counts.min() <= 30            # about 200 / 12
+    assert np.array_equal(kept, make.long_tail(labels, 12.0, seed=0))   # seeded
+
+
+def test_camera_degradation_and_truetype_renders(scripts):
+    make = scripts("make_scenario")
+    rng = np.random.default_rng(0)
+    scan = np.zeros((32, 32), np.uint8)
+    scan[8:24, 14:18] = 255
+    seen = make.degrade(scan, rng)
+    assert seen.shape == scan.shape and seen.dtype == np.uint8
+    assert seen[:6].mean() > 15 and seen[8:24, 14:18].mean() < 240      # exposure offset and gain, blur
+    fonts = make.font_paths()
+    glyph = make.render_truetype(7, np.random.default_rng(1), fonts, canvas=40)
+    assert glyph.shape == (40, 40) and glyph.max() >= 170 and np.median(glyph) < 50   # light ink on dark paper
+
+
+def test_small_scenario_leaves_at_most_300_real_images_for_training(scripts, tmp_path):
+    make = scripts("make_scenario")
+    data = make.small(tmp_path, seed=0)["data"]
+    real = list((tmp_path / "real").rglob("*.png"))
+    test_fraction = yaml.safe_load((REPO / "params.yaml").read_text())["data"]["target"]["test_fraction"]
+    assert len(real) == 400 and round(len(real) * (1 - test_fraction)) <= 300
+    assert data["source"] == {"format": "imagefolder", "root": str(tmp_path / "sim")}
+
+
+def test_workspace_params_and_code_sync(scripts, tmp_path):
+    suite = scripts("scenarios")
+    params = suite.scenario_params({"data": {"image_size": 24, "target": {"format": "imagefolder", "root": "r"}}})
+    project = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["data"]["image_size"] == 24 and params["data"]["target"]["root"] == "r"
+    assert params["data"]["target"]["test_fraction"] == project["data"]["target"]["test_fraction"]   # merged
+    assert params["variants"] == project["variants"]
+
+    suite.sync_code(tmp_path)
+    copied = tmp_path / "pipeline" / "report.py"
+    assert copied.read_bytes() == (REPO / "pipeline" / "report.py").read_bytes()
+    os.utime(copied, (0, 0))
+    (tmp_path / "pipeline" / "gone.py").write_text("# a module since removed\n")
+    suite.sync_code(tmp_path)
+    assert copied.stat().st_mtime == 0                   # unchanged: left alone (DVC sees no change)
+    assert not (tmp_path / "pipeline" / "gone.py").exists()
+
+
+def card(accuracies: dict[str, float], pick: str | None, dev: dict[str, float]) -> dict:
+    return {"pick": {"variant": pick, "rule": "r"}, "repro_seconds": 600.0,
+            "variants": {v: {"accuracy": a, "macro_f1": a, "uses_target_labels": v == "target_oracle",
+                             "dev_accuracy": dev[v]} for v, a in accuracies.items()}}
+
+
+def test_scorecard_gap_closed_by_the_pick(scripts):
+    suite = scripts("scenarios")
+    c = card({"source_only": 0.4, "dann": 0.6, "target_oracle": 0.9}, "dann", {"source_only": 0, "dann": 0,
+                                                                              "target_oracle": 0})
+    assert suite.gap(c) == pytest.approx(0.4)
+    assert suite.gap({**c, "pick": {"variant": None}}) == 0.0          # no pick: the user keeps source_only
+    text = suite.scorecard_markdown({"a": c})
+    assert "| a | 0.400 | 0.600 | 0.900 | dann | 40% | 10.0 min |" in text and "mean 40%, worst 40%" in text
+
+
+def test_pick_rules_scores_each_rule_on_the_dev_labels(scripts, tmp_path):
+    """Two scenarios: IM picks the variant with the best dev accuracy on one and a worse one on the other."""
+    rules = scripts("pick_rules")
+    for name, (im_dann, dev_dann) in {"one": (1.5, 0.7), "two": (1.5, 0.3)}.items():
+        ws = tmp_path / name
+        write_json(ws / "scorecard.json", card({"source_only": 0.5, "dann": 0.6, "target_oracle": 0.9}, "dann",
+                                               {"source_only": 0.5, "dann": dev_dann, "target_oracle": 1.0}))
+        for variant, im in (("source_only", 0.8), ("dann", im_dann), ("target_oracle", 2.0)):
+            write_json(ws / "reports" / "train" / variant / "metrics.json", {
+                "warnings": [], "target_predicted": [0, 1, 2],
+                "label_free": {"source_val_acc": 0.9, "target_entropy": 0.5, "target_im": im, "target_snd": 4.0,
+                               "target_class_share_max": 0.2, "target_bnm": 0.5, "target_class_ami": 0.5}})
+        (ws / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": [str(k) for k in range(10)]}}))
+    scenarios = {p.parent.name: rules.rows_of(p.parent) for p in sorted(tmp_path.glob("*/scorecard.json"))}
+    result = rules.evaluate(scenarios, "im")
+    assert result["scenarios"]["one"]["chosen"] == "dann" and result["scenarios"]["two"]["chosen"] == "dann"
+    assert result["hit_rate"] == 0.5 and result["mean_regret"] == pytest.approx(0.1)
+    assert result["below_source_only"] == ["two"]
+    assert json.loads((tmp_path / "one" / "scorecard.json").read_text())["pick"]["variant"] == "dann"
