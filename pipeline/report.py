@@ -157,13 +157,14 @@ def collect_training_record(variants: Sequence[str], train_dir: str | Path = TRA
     return found
 
 
-def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None) -> tuple[Optional[str], str]:
+def pick_variant(rows: Sequence[Row], n_classes: Optional[int] = None,
+                 rule: str = PICK_RULE_NAME) -> tuple[Optional[str], str]:
     """The variant to choose without real labels, and why: ``(name, reason)``, ``(None, reason)`` when none
-    qualifies; the candidates, the health checks and the rule are :mod:`pipeline.selection`'s. Marks each
-    row's ``health`` on the way."""
+    qualifies; the candidates, the health checks and the ``rule`` (the shipped one unless a dev read
+    compares others) are :mod:`pipeline.selection`'s. Marks each row's ``health`` on the way."""
     for row in rows:
         row.health = health(row, n_classes) if row.has_label_free else ""
-    return choose(rows, n_classes)
+    return choose(rows, n_classes, rule)
 
 
 def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),

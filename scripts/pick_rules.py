@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.report import Row, collect_label_free, collect_training_record, label_use
-from pipeline.selection import BASELINE, RULES, choose, health
+from pipeline.report import Row, collect_label_free, collect_training_record, label_use, pick_variant
+from pipeline.selection import BASELINE, RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 SLACK = 0.02
@@ -55,9 +55,7 @@ def evaluate(scenarios: dict[str, tuple[list[Row], dict[str, float], int]], rule
     """Per scenario ``(chosen, dev accuracy, best, regret)`` and the totals of one rule."""
     per, hits, regrets, below = {}, 0, [], []
     for name, (rows, dev, k) in scenarios.items():
-        for row in rows:
-            row.health = health(row, k) if row.has_label_free else ""
-        chosen, _ = choose(rows, k, rule)
+        chosen, _ = pick_variant(rows, k, rule)
         chosen = chosen or BASELINE                 # no pick: the user keeps the renders-only model
         fair = {r.variant: dev[r.variant] for r in rows if r.uses_target_labels is False and r.variant in dev}
         best = max(fair, key=fair.get)
