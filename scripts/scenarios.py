@@ -105,8 +105,9 @@ def repro(workspace: Path, stage: str | None = None) -> float:
     return time.perf_counter() - started
 
 
-def dev_read(workspace: Path, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """DEV READ: each variant's accuracy and predicted classes on the labelled real *training* split."""
+def dev_read(workspace: Path, variants: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[int]]:
+    """DEV READ: each variant's accuracy and predicted classes on the labelled real *training* split,
+    and that split's labels."""
     import numpy as np
 
     from pipeline.config import load_params
@@ -124,8 +125,7 @@ def dev_read(workspace: Path, variants: Sequence[str]) -> dict[str, dict[str, An
             out = predict(model, dev)
             found[variant] = {"dev_accuracy": float(np.mean(out.predicted == out.labels)),
                               "dev_predicted": out.predicted.tolist()}
-    found["_labels"] = {"dev_labels": out.labels.tolist()} if found else {}
-    return found
+    return found, [int(y) for y in dev.targets()]
 
 
 def collect(workspace: Path, seconds: float | None) -> dict[str, Any]:
@@ -134,8 +134,8 @@ def collect(workspace: Path, seconds: float | None) -> dict[str, Any]:
     variants = [v for v in summary if v != "pick"]
     train = {v: json.loads((workspace / "reports" / "train" / v / "metrics.json").read_text()) for v in variants
              if (workspace / "reports" / "train" / v / "metrics.json").is_file()}
-    dev = dev_read(workspace, variants)
-    card = {"pick": summary["pick"], "repro_seconds": seconds, "dev_labels": dev.pop("_labels", {}).get("dev_labels"),
+    dev, dev_labels = dev_read(workspace, variants)
+    card = {"pick": summary["pick"], "repro_seconds": seconds, "dev_labels": dev_labels,
             "variants": {}}
     for v in variants:
         t = train.get(v, {})
