@@ -77,6 +77,7 @@ class DataParams:
     source: DomainSource
     target: DomainSource
     skip_bad_images: bool = False
+    polarity: str = "match"      # match: renders written inverted when their ink polarity is opposite the real images' | keep
     preload_mb: int = 2048       # training decodes a split into memory once when it fits; else it streams
     max_image_pixels: int = 40_000_000  # width x height above which an image is refused undecoded
     render: RenderParams = field(default_factory=RenderParams)
@@ -224,6 +225,7 @@ def _validate(p: Params) -> None:
         ("seed", p.seed >= 0, "a non-negative integer"),
         ("data.image_size", 8 <= d.image_size <= 4096, "an integer between 8 and 4096"),
         ("data.channels", d.channels in (1, 3), "1 (grey) or 3 (RGB)"),
+        ("data.polarity", d.polarity in ("match", "keep"), "match or keep"),
         ("data.preload_mb", d.preload_mb >= 0, "a non-negative number of MiB (0: always stream from disk)"),
         ("data.classes", len(d.classes) >= 2, "a list of at least two class names"),
         ("data.classes", len(set(d.classes)) == len(d.classes), "class names without duplicates"),

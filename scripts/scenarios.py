@@ -3,6 +3,7 @@
     .venv/bin/python scripts/scenarios.py                       # every scenario, then the scorecard
     .venv/bin/python scripts/scenarios.py --only fonts camera   # some of them
     .venv/bin/python scripts/scenarios.py --collect-only        # the scorecard from what already ran
+    .venv/bin/python scripts/scenarios.py --only builtin --pipeline-seed 1   # another seed: builtin-seed1/
 
 Each scenario (``scripts/make_scenario.py``) is its own workspace, ``<out>/<name>/``: the project's
 code and ``dvc.yaml`` copied in, ``params.yaml`` the project's own with the scenario's ``data``
@@ -76,9 +77,15 @@ def scenario_params(data: dict) -> dict:
     return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), data)
 
 
-def prepare_workspace(name: str, out: Path, seed: int) -> Path:
-    """``<out>/<name>/`` with the scenario's folders (built once), its params and the current code."""
-    workspace = out / name
+def workspace_name(name: str, pipeline_seed: int) -> str:
+    """``<name>`` for the pipeline's own seed (params.yaml's, 0), ``<name>-seed<N>`` for another."""
+    return name if pipeline_seed == 0 else f"{name}-seed{pipeline_seed}"
+
+
+def prepare_workspace(name: str, out: Path, seed: int, pipeline_seed: int = 0) -> Path:
+    """``<out>/<name>/`` (:func:`workspace_name`) with the scenario's folders (built once), its params
+    (``seed: pipeline_seed``) and the current code."""
+    workspace = out / workspace_name(name, pipeline_seed)
     built = workspace / "scenario" / "BUILT.json"
     if built.is_file():
         data = json.loads(built.read_text())
@@ -88,7 +95,8 @@ def prepare_workspace(name: str, out: Path, seed: int) -> Path:
         built.parent.mkdir(parents=True, exist_ok=True)
         built.write_text(json.dumps(data, indent=1))
     sync_code(workspace)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(scenario_params(data), sort_keys=False))
+    (workspace / "params.yaml").write_text(yaml.safe_dump({**scenario_params(data), "seed": pipeline_seed},
+                                                          sort_keys=False))
     if not (workspace / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=workspace, check=True)
     return workspace
@@ -155,6 +163,31 @@ def gap(card: dict) -> float | None:
     return None if high <= low else (v[pick]["accuracy"] - low) / (high - low)
 
 
+def seeds_markdown(cards: dict[str, dict], seeded: dict[str, dict]) -> str:
+    """The pick per pipeline seed for the scenarios run with other seeds (``<name>-seed<N>`` workspaces,
+    seed 0 from the main card), with the mean over the seeds; ``""`` when there are none."""
+    if not seeded:
+        return ""
+    runs: dict[str, dict[int, dict]] = {}
+    for folder, card in seeded.items():
+        name, _, seed = folder.rpartition("-seed")
+        runs.setdefault(name, {})[int(seed)] = card
+    lines = ["", "| scenario | seed | pick | its accuracy | source_only | target_oracle | gap closed |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for name, by_seed in sorted(runs.items()):
+        if name in cards:
+            by_seed[0] = cards[name]
+        picked = []
+        for seed, card in sorted(by_seed.items()):
+            v, pick = card["variants"], card["pick"]["variant"] or "source_only"
+            picked.append(v[pick]["accuracy"])
+            g = gap(card)
+            lines.append(f"| {name} | {seed} | {pick} | {v[pick]['accuracy']:.3f} | {v['source_only']['accuracy']:.3f} | "
+                         f"{v['target_oracle']['accuracy']:.3f} | {'n/a' if g is None else f'{g:.0%}'} |")
+        lines.append(f"| {name} | mean of {len(picked)} | | {sum(picked) / len(picked):.3f} | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def scorecard_markdown(cards: dict[str, dict]) -> str:
     found = list(dict.fromkeys(v for c in cards.values() for v in c["variants"]))
     order = list(yaml.safe_load((ROOT / "params.yaml").read_text())["variants"])    # as params.yaml lists them
@@ -183,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scenarios")
     ap.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=None)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the scenario folders (the pipeline's is params.yaml's)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the scenario folders")
+    ap.add_argument("--pipeline-seed", type=int, default=0,
+                    help="params.yaml's seed in the workspaces (not 0: workspaces <name>-seed<N>, a table of their own)")
     ap.add_argument("--collect-only", action="store_true", help="no runs: the scorecard of the finished workspaces")
     ap.add_argument("--stage", default=None, help="only `dvc repro STAGE` (e.g. prepare, for dev reads); no scorecard")
     args = ap.parse_args(argv)
@@ -191,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = args.only or list(ORDER)
     for name in names if not args.collect_only else ():
         print(f"== {name}", file=sys.stderr, flush=True)
-        workspace = prepare_workspace(name, out, args.seed)
+        workspace = prepare_workspace(name, out, args.seed, args.pipeline_seed)
         seconds = repro(workspace, args.stage)
         if args.stage:
             continue
@@ -206,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: no {CARD} under {out}; run the suite first")
     (out / "scorecard.json").write_text(json.dumps({n: {k: v for k, v in c.items() if k != "dev_labels"}
                                                     for n, c in cards.items()}, indent=1))
-    text = scorecard_markdown(cards)
+    seeded = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob(f"*-seed*/{CARD}"))}
+    text = scorecard_markdown(cards) + seeds_markdown(cards, seeded)
     (out / "scorecard.md").write_text(text)
     print(text)
 

@@ -195,3 +195,46 @@ def test_relative_threshold_is_measured_on_the_weak_view_of_the_labelled_images(
     assert out.stats["threshold"] == pytest.approx(0.9 * float(confidence), rel=1e-5)
     assert out.stats["threshold"] > 0.85        # on the strong views it would be 0.9 * 0.5
     assert out.logits.shape == (8, 2)           # train accuracy is read on the labelled batch as given
+
+
+def test_update_prior_mixes_in_the_cluster_shares_and_keeps_every_class():
+    from pipeline.methods.self_training import update_prior
+
+    uniform = torch.full((4,), 0.25)
+    torch.testing.assert_close(update_prior(uniform, torch.tensor([0, 0, 0, 1])),
+                               torch.tensor([0.5, 0.25, 0.125, 0.125]))
+    skewed = update_prior(torch.tensor([0.97, 0.01, 0.01, 0.01]), torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(skewed, torch.tensor([0.985, 0.05, 0.05, 0.05]) / 1.135)   # floor 0.2 / K
+
+
+def test_alignment_to_a_prior_gives_the_prior_when_every_prediction_is_the_mean():
+    probs = torch.tensor([[0.5, 0.3, 0.2]]).repeat(4, 1)
+    prior = torch.tensor([0.6, 0.3, 0.1])
+    torch.testing.assert_close(align_distribution(probs, probs.mean(0), prior), prior.repeat(4, 1))
+    torch.testing.assert_close(align_distribution(probs, probs.mean(0)), torch.full((4, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("prior", ["uniform", "clusters"])
+def test_the_estimated_prior_follows_an_imbalanced_real_set_and_survives_a_checkpoint(prior):
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    method = methods.get("self_training")(methods.parse_params("self_training", {"refresh": 1, "prior": prior},
+                                                               "params"), ctx)
+    g = torch.Generator().manual_seed(0)
+    xt, yt = blobs(400, 0.0, g)
+    keep = (yt == 0) | (torch.arange(400) % 8 == 1)          # 200 of class 0, 50 of class 1: shares 0.8 / 0.2
+    real = TensorDataset(xt[keep], -torch.ones(int(keep.sum())))
+    net = LiftedNet()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        net.head.bias.zero_()
+    for step in range(12):                                    # from uniform, half the way per refresh
+        method.before_step(net, step, real)
+    if prior == "uniform":
+        assert method.class_prior() is None
+        torch.testing.assert_close(method.prior, torch.full((2,), 0.5))
+        return
+    estimate = method.class_prior()
+    assert 0.79 < float(estimate[0]) < 0.81 and float(estimate.sum()) == pytest.approx(1.0)
+    resumed = methods.get("self_training")(method.params, ctx)
+    resumed.load_state_dict(method.state_dict())
+    torch.testing.assert_close(resumed.class_prior(), estimate)

@@ -101,6 +101,20 @@ def test_scorecard_gap_closed_by_the_pick(scripts):
     assert "| a | 0.400 | 0.600 | 0.900 | dann | 40% | 10.0 min |" in text and "mean 40%, worst 40%" in text
 
 
+def test_other_pipeline_seeds_get_their_own_workspace_and_a_mean_of_the_pick(scripts):
+    suite = scripts("scenarios")
+    assert suite.workspace_name("builtin", 0) == "builtin" and suite.workspace_name("builtin", 2) == "builtin-seed2"
+    accs = {"source_only": 0.3, "dann": 0.5, "target_oracle": 0.9}
+    zero = {"dann": 0, "source_only": 0, "target_oracle": 0}
+    text = suite.seeds_markdown({"builtin": card(accs, "dann", zero)},
+                                {"builtin-seed1": card({**accs, "dann": 0.8}, "dann", zero),
+                                 "builtin-seed2": card(accs, None, zero)})
+    assert "| builtin | 0 | dann | 0.500 | 0.300 | 0.900 | 33% |" in text
+    assert "| builtin | 2 | source_only | 0.300 |" in text                   # no pick: the user keeps source_only
+    assert "| builtin | mean of 3 | | 0.533 |" in text
+    assert suite.seeds_markdown({"builtin": card(accs, "dann", zero)}, {}) == ""
+
+
 def test_pick_rules_scores_each_rule_on_the_dev_labels(scripts, tmp_path):
     """Two scenarios: IM picks the variant with the best dev accuracy on one and a worse one on the other."""
     rules = scripts("pick_rules")

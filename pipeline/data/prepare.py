@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -22,6 +23,7 @@ from pipeline.config import DataParams, Params, trains_on_target, unlabelled_tar
 from pipeline.data.digits import real_digits, rendered_digits
 from pipeline.data.images import BadImageError, load_image
 from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_label_origin, write_manifest
+from pipeline.data.polarity import SAMPLE, invert, opposite, polarity
 from pipeline.io import atomic_directory, image_grid, save_png, write_json
 
 log = logging.getLogger(__name__)
@@ -288,6 +290,22 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
     yield "target/test", dec(train_entries[i] for i in test)
 
 
+def match_polarity(params: Params) -> dict:
+    """The ink polarity of a sample of source/train and of target/train images (never target/test) and
+    whether prepare writes the renders inverted (:mod:`pipeline.data.polarity`; ``data.polarity: keep``
+    measures nothing and inverts nothing)."""
+    if params.data.polarity == "keep":
+        return {"mode": "keep", "inverted_source": False}
+    probe = Decoder(params.data)    # its own count: a bad file is counted once, by the writing pass
+    sides = {}
+    for split, items in (*_source_splits(params, probe), *_target_splits(params, probe)):
+        if split in ("source/train", "target/train"):
+            sides[split] = polarity(image for image, _, _ in islice(items, SAMPLE))
+    source, target = sides["source/train"], sides["target/train"]
+    return {"mode": "match", "source": round(source, 4), "target": round(target, 4),
+            "inverted_source": opposite(source, target)}
+
+
 def heldout_first(splits: Iterable[tuple]) -> list[tuple]:
     """``(split name, ...)`` tuples with the held-out test split first (its pixels must be known before
     any training image is checked against them), the others in their given order."""
@@ -305,13 +323,16 @@ def prepare(params: Params, out_dir: str | Path,
     d = params.data
     dec = Decoder(d)
     guard = HeldOutGuard()
-    stats: dict = {"splits": {}}
+    stats: dict = {"splits": {}, "polarity": match_polarity(params)}
+    flip = stats["polarity"]["inverted_source"]
     previews: dict[str, list[np.ndarray]] = {}
     with atomic_directory(out_dir) as tmp:
         for split, items in heldout_first([*_source_splits(params, dec), *_target_splits(params, dec)]):
             writer = SplitWriter(tmp / split, d.classes)
             labels = []
             for image, label, name in items:
+                if flip and split.startswith("source/"):
+                    image = invert(image)
                 guard.record(split, image, name)
                 writer.add(image, label)
                 labels.append(label)
