@@ -108,11 +108,6 @@ class Method:
         """The method's own learning rate at ``progress``, or None for the task's schedule."""
         return None
 
-    def class_prior(self) -> Optional[torch.Tensor]:
-        """The class distribution of the real images as the method estimated it (``(K,)``), which the
-        prototype head's clusters are aligned to; None (the default): uniform."""
-        return None
-
     def state_dict(self) -> dict[str, Any]:
         """Non-module state a resumed run needs (tensors and plain values only)."""
         return {}

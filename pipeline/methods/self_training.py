@@ -8,8 +8,8 @@ of a real batch of ``m`` images (all four through the network as one batch, so B
 domains, as in AdaMatch):
 
     p_w      = softmax(h(f(t_w)))                       (no gradient)
-    p_a      = normalise(p_w * pi / E[p_w])             distribution alignment: E[p_w] is a running
-                                                        mean over steps, pi the class prior (below)
+    p_a      = normalise(p_w * prior / E[p_w])          distribution alignment: E[p_w] is a running
+                                                        mean over steps, prior uniform over the classes
     tau      = threshold * mean_s max softmax(h(f(w_s)))   relative confidence threshold, on the weak
                                                         source view as AdaMatch computes it (on a strongly
                                                         augmented batch the model may be unsure even of
@@ -20,17 +20,9 @@ domains, as in AdaMatch):
     L        = CE(h(f([x_s, w_s])), [y_s, y_s[:m]]) + weight * mu(p) * L_u,
                                                         mu(p) = (1 - cos(pi * min(1, p / ramp))) / 2
 
-Distribution alignment keeps the pseudo-labels at the class prior ``pi``, so a model that favours a
-few classes on the real images cannot reinforce that. ``prior: uniform`` takes ``pi`` uniform, as
-AdaMatch does (its source prior, balanced). Real data are rarely balanced, and a uniform ``pi`` then
-hands the images of a frequent class to the seeds of rare ones (on the suite's long-tailed scenario
-the real 7s, a quarter of the set, were taught as 2s). ``prior: clusters`` estimates ``pi`` from the
-real images themselves: at each refresh ``pi <- max(0.2 / K, (pi + s) / 2)``, renormalised, with
-``s`` the share of the real sample in each cluster (:func:`update_prior`); the clusters are seeded
-aligned to the current ``pi``, and the prototype head uses the final one.
-
-The relative threshold adapts to how confident the model is on the labelled domain instead of a
-fixed 0.95 the shifted domain may never reach.
+Distribution alignment keeps the pseudo-labels class-balanced, so a model that favours a few classes
+on the real images cannot reinforce that; the relative threshold adapts to how confident the model
+is on the labelled domain instead of a fixed 0.95 the shifted domain may never reach.
 
 Cluster labels (classification): every ``refresh`` steps a fixed sample of the unaugmented real
 training images (all of them up to the loop's ``REAL_SAMPLE``, so the cost does not grow with the
@@ -74,9 +66,6 @@ from pipeline.task.clustering import align_distribution
 
 
 PSEUDO_LABELS = ("cluster", "prediction")
-PRIORS = ("uniform", "clusters")
-PRIOR_STEP = 0.5       # prior <- (1 - PRIOR_STEP) prior + PRIOR_STEP * cluster shares, at each refresh
-PRIOR_FLOOR = 0.2      # no class below PRIOR_FLOOR / K: every class keeps a seed
 
 
 @dataclass(frozen=True)
@@ -86,8 +75,7 @@ class SelfTrainingParams:
     threshold: float = 0.7        # relative confidence threshold (x the confidence on weak source views; AdaMatch: 0.9)
     weight: float = 1.0           # weight of the unlabelled loss once ramped up
     ramp: float = 0.5             # share of training over which the weight ramps up from 0
-    alignment: bool = True        # distribution alignment to a class prior
-    prior: str = "uniform"        # uniform | clusters (estimated from the real images' cluster sizes at each refresh)
+    alignment: bool = True        # distribution alignment to a uniform class prior
     momentum: float = 0.99        # of the running mean of the weak-view predictions
     target_ratio: float = 1.0     # real images per labelled image in a step
     box_threshold: float = 0.5    # detection: the score from which a detection is a pseudo-box
@@ -104,7 +92,6 @@ class SelfTrainingParams:
             ("target_ratio", self.target_ratio > 0, "a positive number"),
             ("box_threshold", 0 < self.box_threshold < 1, "a number in (0, 1)"),
             ("pseudo_labels", self.pseudo_labels in PSEUDO_LABELS, f"one of {', '.join(PSEUDO_LABELS)}"),
-            ("prior", self.prior in PRIORS, f"one of {', '.join(PRIORS)}"),
             ("refresh", isinstance(self.refresh, int) and self.refresh >= 1, "a whole number of steps >= 1"),
             ("cluster_iterations", isinstance(self.cluster_iterations, int) and self.cluster_iterations >= 0,
              "a whole number >= 0")))
@@ -115,15 +102,6 @@ def ramp_weight(progress: float, ramp: float) -> float:
     if ramp <= 0:
         return 1.0
     return 0.5 * (1.0 - math.cos(math.pi * min(1.0, progress / ramp)))
-
-
-def update_prior(prior: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``normalise(max(PRIOR_FLOOR / K, (1 - PRIOR_STEP) * prior + PRIOR_STEP * share))``, ``share`` the
-    share of the real images in each cluster (``labels``: their cluster indices)."""
-    k = len(prior)
-    share = torch.bincount(labels, minlength=k).float() / max(len(labels), 1)
-    mixed = ((1 - PRIOR_STEP) * prior + PRIOR_STEP * share).clamp_min(PRIOR_FLOOR / k)
-    return mixed / mixed.sum()
 
 
 def pseudo_boxes(detections: dict[str, torch.Tensor], threshold: float,
@@ -143,7 +121,6 @@ class SelfTraining(Method):
         super().__init__(params, ctx)
         self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
         self.centroids: Optional[torch.Tensor] = None   # (K, D) class centroids of the real images' features
-        self.prior = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
 
     @property
     def uses_clusters(self) -> bool:
@@ -157,14 +134,8 @@ class SelfTraining(Method):
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
-            labels, centroids = cluster_labels(features, probs, self.params.cluster_iterations,
-                                               align=self.params.alignment, prior=self.prior.cpu())
+            _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment)
             self.centroids = centroids.to(self.ctx.device)
-            if self.params.prior == "clusters":
-                self.prior = update_prior(self.prior, labels.to(self.prior.device))
-
-    def class_prior(self) -> Optional[torch.Tensor]:
-        return self.prior.cpu() if self.params.prior == "clusters" else None
 
     @classmethod
     def target_views_of(cls, params: SelfTrainingParams) -> dict[str, Optional[str]]:
@@ -191,7 +162,7 @@ class SelfTraining(Method):
             probs = weak_logits.float().softmax(1)
             if self.params.alignment:
                 self.running_mean.mul_(self.params.momentum).add_(probs.mean(0), alpha=1 - self.params.momentum)
-                probs = align_distribution(probs, self.running_mean, self.prior)
+                probs = align_distribution(probs, self.running_mean)
             tau = self.params.threshold * source[n:].float().softmax(1).max(1).values.mean()
             confidence, pseudo = probs.max(1)
             mask = (confidence >= tau).float()
@@ -223,14 +194,12 @@ class SelfTraining(Method):
                            "unlabelled_weight": mu})
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"running_mean": self.running_mean.detach().cpu().clone(), "prior": self.prior.detach().cpu().clone()}
+        state = {"running_mean": self.running_mean.detach().cpu().clone()}
         if self.centroids is not None:
             state["centroids"] = self.centroids.detach().cpu().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running_mean.copy_(state["running_mean"].to(self.running_mean.device))
-        if "prior" in state:
-            self.prior.copy_(state["prior"].to(self.prior.device))
         centroids = state.get("centroids")
         self.centroids = centroids.to(self.ctx.device) if centroids is not None else None

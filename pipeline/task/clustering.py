@@ -5,9 +5,8 @@ classifier head, trained on synthetic images, draws the class borders in the wro
 Liang, Hu & Feng 2020, "Do we really need to access the source data?", Sec. 3.2). With
 L2-normalised features ``f_i`` of the real images and the model's class probabilities ``p_ik``:
 
-    q_ik   = normalise_k( p_ik pi_k / mean_j p_jk )      distribution alignment to a class prior pi (uniform,
-                                                        or self-training's estimate; AdaMatch's, with the
-                                                        set's own mean)
+    q_ik   = normalise_k( p_ik / mean_j p_jk )           distribution alignment to a uniform class prior
+                                                        (AdaMatch's, with the set's own mean)
     c_k    = normalise( sum_i q_ik f_i )                 soft seeds: the model's view of class k
     l_i    = argmax_k  cos(f_i, c_k)                     assignment
     c_k    = normalise( sum_{i: l_i = k} f_i )           hard update (spherical k-means), repeated
@@ -20,7 +19,7 @@ import closure (and with it every stage's DVC code deps).
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +27,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor,
-                       prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``normalise(p * prior / running_mean)`` (AdaMatch's distribution alignment); ``running_mean`` is the
-    mean prediction it corrects for and ``prior`` the class distribution it aligns to (``(K,)`` each;
-    ``None``: uniform)."""
-    if prior is None:
-        prior = torch.full_like(running_mean, 1.0 / len(running_mean))
+def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+    """``normalise(p * prior / running_mean)`` with a uniform prior (AdaMatch's distribution alignment);
+    ``running_mean`` is the mean prediction it corrects for (``(K,)``)."""
+    prior = torch.full_like(running_mean, 1.0 / len(running_mean))
     aligned = probs * (prior / running_mean.clamp_min(1e-6))
     return aligned / aligned.sum(dim=1, keepdim=True)
 
 
 def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5, align: bool = True,
-                   prior: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels (N,), centroids (K, D))`` by the formulas of the module docstring.
 
     ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids, aligned
-    to ``prior`` (``None``: uniform) first unless ``align`` is False.
+    to a uniform class prior first unless ``align`` is False.
     ``iterations`` hard updates follow the soft seeding (0: assign to the soft seeds). A class no image
     is assigned to keeps its previous centroid, so every class stays a candidate.
     """
@@ -52,7 +48,7 @@ def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int 
         raise ValueError(f"cluster_labels: expected features (N, D) and probs (N, K), got "
                          f"{tuple(features.shape)} and {tuple(probs.shape)}")
     f = F.normalize(features.float(), dim=1)
-    seeds = align_distribution(probs.float(), probs.float().mean(0), prior) if align else probs.float()
+    seeds = align_distribution(probs.float(), probs.float().mean(0)) if align else probs.float()
     centroids = F.normalize(seeds.t() @ f, dim=1)
     labels = (f @ centroids.t()).argmax(1)
     for _ in range(iterations):

@@ -12,8 +12,6 @@ shape. Classification only.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -37,16 +35,15 @@ def matching_scale(logits: torch.Tensor, entropy: float, steps: int = 60) -> flo
 
 @torch.no_grad()
 def fit_prototype_head(net: nn.Module, head: nn.Linear, images: Dataset, device: torch.device | str = "cpu",
-                       iterations: int = 5, prior: Optional[torch.Tensor] = None) -> dict[str, float]:
+                       iterations: int = 5) -> dict[str, float]:
     """Make ``head`` (the last layer of ``net``, ``x -> (features, logits)``) the prototypes of
-    ``images`` (module docstring), in place; the clusters are seeded aligned to ``prior`` (the class
-    distribution a method estimated on the real images, :meth:`Method.class_prior`; ``None``: uniform).
+    ``images`` (module docstring), in place.
 
     Returns what changed: ``changed`` (share of the images whose predicted class moved) and
     ``cluster_share_min`` / ``cluster_share_max`` (the smallest and largest cluster's share).
     """
     features, probs = features_and_probs(net, images, device)
-    labels, centroids = cluster_labels(features, probs, iterations, prior=prior)
+    labels, centroids = cluster_labels(features, probs, iterations)
     scale = matching_scale(features @ centroids.t(), mean_entropy(probs))
     head.weight.copy_((scale * centroids).to(head.weight))
     if head.bias is not None:

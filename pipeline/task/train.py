@@ -459,7 +459,7 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
             log.info("%s: target_head skipped: class prototypes are for task.kind classification", variant)
         elif v.target_head:
             result.metrics["target_head_stats"] = fit_prototype_head(
-                kind.network(result.model), classifier_layer(result.model), real, prior=method.class_prior())
+                kind.network(result.model), classifier_layer(result.model), real)
             log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
                      ", ".join(f"{k} {val:.3f}" for k, val in result.metrics["target_head_stats"].items()))
         scores = kind.label_free(result.model, real, data.val, rt.device, params.seed)
