@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import deep_update
 from pipeline.config import ConfigError, parse_params
 from pipeline.data.images import load_image
-from pipeline.data.polarity import ink_sign, invert, opposite, polarity
+from pipeline.data.manifest import write_label_origin
+from pipeline.data.polarity import ink_sign, invert, opposite, polarity, renders_inverted
 from pipeline.data.prepare import prepare
+from pipeline.gan.export import export_generator
+from pipeline.gan.networks import ResnetGenerator
+from pipeline.gan.translate import translate_folder
 
 CLASSES = ["bar", "box"]
 
@@ -75,6 +80,7 @@ def test_prepare_inverts_the_renders_when_the_real_ink_is_the_other_way(default_
     params = _params(default_raw, tmp_path, source_light=True, target_light=False)
     stats, _ = prepare(params, tmp_path / "out")
     assert stats["polarity"] == {"mode": "match", "source": 1.0, "target": -1.0, "inverted_source": True}
+    assert renders_inverted(tmp_path / "out")          # the record the GAN's export reads
     for split in ("source/train", "source/val"):
         assert all(ink_sign(im) == -1 for im in _images(tmp_path / "out" / split)), split
     for split in ("target/train", "target/test"):      # real images are written as they are
@@ -89,10 +95,31 @@ def test_prepare_leaves_the_renders_alone_when_polarities_agree_or_keep_is_set(d
                                                                               target_light, mode):
     params = _params(default_raw, tmp_path, source_light, target_light, mode)
     stats, _ = prepare(params, tmp_path / "out")
-    assert stats["polarity"]["inverted_source"] is False
+    assert stats["polarity"]["inverted_source"] is False and not renders_inverted(tmp_path / "out")
     assert all(ink_sign(im) == 1 for im in _images(tmp_path / "out" / "source/train"))
 
 
 def test_a_bad_polarity_setting_is_named(default_raw):
     with pytest.raises(ConfigError, match="data.polarity"):
         parse_params(deep_update(default_raw, {"data": {"polarity": "auto"}}))
+
+
+def test_translate_inverts_raw_renders_for_a_generator_that_learnt_inverted_ones(tmp_path):
+    torch.manual_seed(0)
+    generator = ResnetGenerator(1, 1, width=4, blocks=1, downsamplings=2)
+    for name, flag in (("inverted.pt", True), ("plain.pt", False)):
+        export_generator(tmp_path / name, generator, {"image_size": 16, "channels": 1, "classes": CLASSES,
+                                                      "source_inverted": flag})
+    for i in range(3):
+        image = glyph(i % 2, i, light_ink=True)
+        for folder, pixels in (("raw", image), ("negatives", invert(image))):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / folder / f"{i}.png")
+    raw = translate_folder(tmp_path / "inverted.pt", tmp_path / "raw", tmp_path / "a", device="cpu")
+    by_hand = translate_folder(tmp_path / "plain.pt", tmp_path / "negatives", tmp_path / "b", device="cpu")
+    assert raw["inputs_inverted"] and not by_hand["inputs_inverted"]
+    for i in range(3):
+        assert (tmp_path / "a" / f"{i}.png").read_bytes() == (tmp_path / "b" / f"{i}.png").read_bytes()
+    write_label_origin(tmp_path / "raw", "synthetic")     # now a prepared split: prepare already inverted it
+    again = translate_folder(tmp_path / "inverted.pt", tmp_path / "raw", tmp_path / "c", device="cpu")
+    assert not again["inputs_inverted"]

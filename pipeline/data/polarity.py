@@ -17,16 +17,23 @@ Two domains are *opposite* when their polarities have opposite signs and both ar
 ``AGREEMENT`` in size (``0.5``: three images in four agree). A domain without one polarity, such as
 digits blended into photos where the ink is the inverted photo (MNIST-M), scores near 0, and nothing
 is inverted.
+
+prepare records what it measured and did in ``<prepared>/polarity.json``; the GAN's exported
+generator carries ``source_inverted`` in its meta, so ``sim2real-translate`` inverts a folder of raw
+renders the same way before translating it (a prepared split is already inverted).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 AGREEMENT = 0.5       # |polarity| from which a domain is taken to have one ink polarity
 SAMPLE = 256          # images per side measured
+POLARITY_FILE = "polarity.json"   # prepare's record in the prepared folder: what it measured and did
 
 
 def ink_sign(image: np.ndarray) -> int:
@@ -53,3 +60,10 @@ def opposite(source: float, target: float, agreement: float = AGREEMENT) -> bool
 def invert(image: np.ndarray) -> np.ndarray:
     """The image's negative, ``255 - image`` (uint8)."""
     return (255 - image.astype(np.int16)).astype(np.uint8)
+
+
+def renders_inverted(prepared: str | Path) -> bool:
+    """Whether prepare wrote the renders of the ``prepared`` folder inverted (False when it left no
+    record: a folder prepared before the record existed, or for detection)."""
+    path = Path(prepared) / POLARITY_FILE
+    return path.is_file() and bool(json.loads(path.read_text()).get("inverted_source", False))

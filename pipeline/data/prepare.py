@@ -23,7 +23,7 @@ from pipeline.config import DataParams, Params, trains_on_target, unlabelled_tar
 from pipeline.data.digits import real_digits, rendered_digits
 from pipeline.data.images import BadImageError, load_image
 from pipeline.data.manifest import HELDOUT_MARKER, Entry, read_manifest, write_label_origin, write_manifest
-from pipeline.data.polarity import SAMPLE, invert, opposite, polarity
+from pipeline.data.polarity import POLARITY_FILE, SAMPLE, invert, opposite, polarity
 from pipeline.io import atomic_directory, image_grid, save_png, write_json
 
 log = logging.getLogger(__name__)
@@ -347,6 +347,7 @@ def prepare(params: Params, out_dir: str | Path,
             _check_target_classes(source_labels, stats["splits"][split]["_labels"], d.classes, split)
         (tmp / "target/test" / HELDOUT_MARKER).write_text(
             "Held-out real test split: its labels are read only by the evaluate stage.\n")
+        write_json(tmp / POLARITY_FILE, stats["polarity"])
         if provenance is not None:      # inside the atomic folder: the data never appears without its record
             write_json(tmp / "provenance.json", provenance)
     for s in stats["splits"].values():

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, GanParams, Params
 from pipeline.data.manifest import preload_within
+from pipeline.data.polarity import renders_inverted
 from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, wrap
 from pipeline.gan.diagnostics import BalanceDiagnostics
@@ -500,10 +501,12 @@ class GanTrainer:
         self.resumed_from = self.epoch
         log.info("resumed the GAN at epoch %d/%d (step %d)", self.epoch, self.total_epochs, self.step)
 
-    def export(self, path: Path, task_sha256: str) -> None:
-        """The generator alone, with what translation needs in its meta (see :mod:`pipeline.gan.export`)."""
+    def export(self, path: Path, task_sha256: str, source_inverted: bool = False) -> None:
+        """The generator alone, with what translation needs in its meta (see :mod:`pipeline.gan.export`;
+        ``source_inverted``: prepare wrote the renders it learnt from inverted)."""
         d = self.params.data
         meta = {"image_size": d.image_size, "channels": d.channels, "classes": list(d.classes),
+                "source_inverted": source_inverted,
                 "direction": "source->real", "value_range": [-1.0, 1.0],
                 "params_hash": self.params.fingerprint(*FINGERPRINT_SECTIONS), "fingerprint": self.fingerprint,
                 "task_model_sha256": task_sha256, "epochs": self.epoch, "steps": self.step}
@@ -603,7 +606,7 @@ def train_gan(params: Params, prepared: str | Path = "data/prepared",
         trainer.write_reports()
         result["samples"] = trainer.save_samples()
         with atomic_directory(paths.models) as tmp:
-            trainer.export(tmp / GENERATOR_FILE, task_sha)
+            trainer.export(tmp / GENERATOR_FILE, task_sha, renders_inverted(prepared))
             record = provenance(params, "train_gan", FINGERPRINT_SECTIONS, fingerprint=fingerprint,
                                 task_model=str(task_model_path), task_model_sha256=task_sha)
             write_provenance(tmp, record)

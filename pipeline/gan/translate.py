@@ -2,7 +2,9 @@
 
 The input is either a prepared split (a folder with ``manifest.csv``; its labels are kept) or any
 folder of images without a manifest (every image file below it, in sorted order, unlabelled).
-Images are decoded to the generator's channels and size, streamed through it in batches under
+Images are decoded to the generator's channels and size (and inverted, when the generator learnt from
+renders prepare inverted to the real images' ink polarity and the input is not a prepared split: see
+:mod:`pipeline.data.polarity`), streamed through it in batches under
 ``torch.inference_mode`` and written as PNGs plus a ``manifest.csv`` (``path,label,source``) into
 a temporary sibling folder that replaces the output only when everything succeeded, with a
 ``translation.json`` marker (what was translated, with which generator). Memory does not grow with the number of images.
@@ -40,6 +42,7 @@ from pipeline.cli import UserError
 from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import (MANIFEST_NAME, ImageSet, ManifestError, label_origin, read_manifest, to_tensor,
                                     to_uint8, write_label_origin)
+from pipeline.data.polarity import invert
 from pipeline.distributed import resolve_device
 from pipeline.gan.export import open_generator
 from pipeline.gan.output_folder import (ANNOTATIONS_NAME, MANIFEST_COLUMNS, PROVENANCE_NAME, TOOL,
@@ -55,12 +58,14 @@ class TranslationInputs(Dataset):
         self.files, self.labels, self.root = files, labels, root
         self.channels, self.size = channels, size
         self.outputs = output_names(files, root)
+        self.invert = False     # decode each image as its negative (raw renders for a generator of inverted ones)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return to_tensor(load_image(self.files[i], self.channels, self.size)), i
+        image = load_image(self.files[i], self.channels, self.size)
+        return to_tensor(invert(image) if self.invert else image), i
 
     def describe(self, i: int) -> tuple[str, str, str]:
         """``(output path, label, input path)``, paths relative to their folders."""
@@ -128,6 +133,12 @@ def translate_folder(generator_file: str | Path, input_folder: str | Path, out_d
     generator, meta = open_generator(generator_file, dev)
     channels, size = int(meta["channels"]), int(meta["image_size"])
     inputs = TranslationInputs.from_folder(input_folder, meta["classes"], channels, size)
+    # The generator learnt from renders as prepare wrote them: inverted where the real images' ink
+    # polarity is the other way. A prepared split (it carries prepare's LABEL_ORIGIN mark) already is.
+    inputs.invert = bool(meta.get("source_inverted")) and label_origin(input_folder) is None
+    if inputs.invert:
+        log.info("%s: inverting the images before translating them (the generator learnt from inverted renders)",
+                 input_folder)
     loader = DataLoader(inputs, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=dev.type == "cuda")
     started = time.perf_counter()
@@ -140,7 +151,8 @@ def translate_folder(generator_file: str | Path, input_folder: str | Path, out_d
         # train_task@translated); timings go to the returned summary, for logs and MLflow.
         record = {"images": len(inputs), "labelled": any(inputs.labels) or boxes,
                   "input": str(input_folder), "output": str(out_dir), "generator": str(generator_file),
-                  "generator_params_hash": meta.get("params_hash"), "channels": channels, "image_size": size}
+                  "generator_params_hash": meta.get("params_hash"), "channels": channels, "image_size": size,
+                  "inputs_inverted": inputs.invert}
         write_json(tmp / TRANSLATION_MARKER, {"written_by": TOOL, **record})
         if provenance is not None:
             write_json(tmp / PROVENANCE_NAME, {**provenance, "translation": record})
