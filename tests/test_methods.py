@@ -195,3 +195,24 @@ def test_relative_threshold_is_measured_on_the_weak_view_of_the_labelled_images(
     assert out.stats["threshold"] == pytest.approx(0.9 * float(confidence), rel=1e-5)
     assert out.stats["threshold"] > 0.85        # on the strong views it would be 0.9 * 0.5
     assert out.logits.shape == (8, 2)           # train accuracy is read on the labelled batch as given
+
+
+def test_source_seeds_are_running_class_means_of_the_renders_and_seed_the_clusters():
+    from pipeline.task.clustering import cluster_labels
+
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    method = methods.get("self_training")(methods.parse_params("self_training", {"seeds": "source"}, "params"), ctx)
+    method.update_source_means(torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(method.source_means, torch.eye(2))
+    method.update_source_means(torch.tensor([[0.0, 5.0]]), torch.tensor([0]))     # class 1 absent: kept
+    expected = torch.nn.functional.normalize(torch.tensor([[0.9, 0.1], [0.0, 1.0]]), dim=1)
+    torch.testing.assert_close(method.source_means, expected)
+    resumed = methods.get("self_training")(method.params, ctx)
+    resumed.load_state_dict(method.state_dict())
+    torch.testing.assert_close(resumed.source_means, expected)
+    # seeds given: the predictions do not place the centroids (here they point the other way)
+    x = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    wrong = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    labels, centroids = cluster_labels(x, wrong, iterations=0, init=torch.eye(2))
+    assert labels.tolist() == [0, 1] and torch.equal(centroids, torch.eye(2))
+    assert cluster_labels(x, wrong, iterations=0)[0].tolist() == [1, 0]

@@ -66,6 +66,8 @@ from pipeline.task.clustering import align_distribution
 
 
 PSEUDO_LABELS = ("cluster", "prediction")
+SEEDS = ("predictions", "source")
+SOURCE_MOMENTUM = 0.9   # of the renders' class means (seeds: source), updated from each step's weak source view
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class SelfTrainingParams:
     pseudo_labels: str = "cluster"  # cluster (refreshed cluster labels) | prediction (the weak view's argmax)
     refresh: int = 50             # steps between two clusterings of the real images (pseudo_labels: cluster)
     cluster_iterations: int = 2   # hard k-means updates after the soft seeding
+    seeds: str = "predictions"    # predictions (the model's aligned predictions) | source (the renders' class means)
 
     def __post_init__(self) -> None:
         check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
@@ -92,6 +95,7 @@ class SelfTrainingParams:
             ("target_ratio", self.target_ratio > 0, "a positive number"),
             ("box_threshold", 0 < self.box_threshold < 1, "a number in (0, 1)"),
             ("pseudo_labels", self.pseudo_labels in PSEUDO_LABELS, f"one of {', '.join(PSEUDO_LABELS)}"),
+            ("seeds", self.seeds in SEEDS, f"one of {', '.join(SEEDS)}"),
             ("refresh", isinstance(self.refresh, int) and self.refresh >= 1, "a whole number of steps >= 1"),
             ("cluster_iterations", isinstance(self.cluster_iterations, int) and self.cluster_iterations >= 0,
              "a whole number >= 0")))
@@ -121,6 +125,8 @@ class SelfTraining(Method):
         super().__init__(params, ctx)
         self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
         self.centroids: Optional[torch.Tensor] = None   # (K, D) class centroids of the real images' features
+        self.source_means = torch.zeros(ctx.num_classes, ctx.feature_dim, device=ctx.device)   # seeds: source
+        self.source_seen = torch.zeros(ctx.num_classes, dtype=torch.bool, device=ctx.device)
 
     @property
     def uses_clusters(self) -> bool:
@@ -134,7 +140,9 @@ class SelfTraining(Method):
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
-            _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment)
+            init = self.source_means.cpu() if self.params.seeds == "source" and bool(self.source_seen.all()) else None
+            _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment,
+                                          init=init)
             self.centroids = centroids.to(self.ctx.device)
 
     @classmethod
@@ -166,6 +174,8 @@ class SelfTraining(Method):
             tau = self.params.threshold * source[n:].float().softmax(1).max(1).values.mean()
             confidence, pseudo = probs.max(1)
             mask = (confidence >= tau).float()
+            if self.uses_clusters and self.params.seeds == "source":
+                self.update_source_means(features[n:n + k].flatten(1).float(), batch.y[:k])
             if self.uses_clusters and self.centroids is not None:
                 weak_features = F.normalize(features[n + k:n + k + m].flatten(1).float(), dim=1)
                 pseudo = (weak_features @ self.centroids.t()).argmax(1)
@@ -173,6 +183,20 @@ class SelfTraining(Method):
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
         return StepOutput(ce + mu * unlabelled, source[:n], {"task": ce, "unlabelled": unlabelled},
                           {"mask_rate": float(mask.mean()), "threshold": float(tau), "unlabelled_weight": mu})
+
+    def update_source_means(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """``m_c <- normalise(SOURCE_MOMENTUM m_c + (1 - SOURCE_MOMENTUM) mean_{y_i = c} normalise(f_i))``
+        for each class in the batch (the first batch sets ``m_c``): the labelled renders' class means,
+        seeds of the real images' clusters under ``seeds: source``."""
+        f = F.normalize(features, dim=1)
+        onehot = F.one_hot(labels, self.ctx.num_classes).float()
+        counts = onehot.sum(0)
+        present = counts > 0
+        means = (onehot.t() @ f) / counts.clamp_min(1)[:, None]
+        mixed = torch.where(self.source_seen[:, None],
+                            SOURCE_MOMENTUM * self.source_means + (1 - SOURCE_MOMENTUM) * means, means)
+        self.source_means = torch.where(present[:, None], F.normalize(mixed, dim=1), self.source_means)
+        self.source_seen |= present
 
     def detection_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
         """The pseudo-box loss of the module docstring."""
@@ -195,11 +219,16 @@ class SelfTraining(Method):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"running_mean": self.running_mean.detach().cpu().clone()}
+        if self.params.seeds == "source":
+            state["source_means"], state["source_seen"] = self.source_means.cpu().clone(), self.source_seen.cpu().clone()
         if self.centroids is not None:
             state["centroids"] = self.centroids.detach().cpu().clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.running_mean.copy_(state["running_mean"].to(self.running_mean.device))
+        if "source_means" in state:
+            self.source_means = state["source_means"].to(self.ctx.device)
+            self.source_seen = state["source_seen"].to(self.ctx.device)
         centroids = state.get("centroids")
         self.centroids = centroids.to(self.ctx.device) if centroids is not None else None

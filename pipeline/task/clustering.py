@@ -19,7 +19,7 @@ import closure (and with it every stage's DVC code deps).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +36,12 @@ def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch
 
 
 def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5, align: bool = True,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   init: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels (N,), centroids (K, D))`` by the formulas of the module docstring.
 
     ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids, aligned
-    to a uniform class prior first unless ``align`` is False.
+    to a uniform class prior first unless ``align`` is False. ``init`` ``(K, D)``, when given, are the
+    seeds instead (e.g. the labelled renders' class means, as CAN seeds its target clusters).
     ``iterations`` hard updates follow the soft seeding (0: assign to the soft seeds). A class no image
     is assigned to keeps its previous centroid, so every class stays a candidate.
     """
@@ -48,8 +49,11 @@ def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int 
         raise ValueError(f"cluster_labels: expected features (N, D) and probs (N, K), got "
                          f"{tuple(features.shape)} and {tuple(probs.shape)}")
     f = F.normalize(features.float(), dim=1)
-    seeds = align_distribution(probs.float(), probs.float().mean(0)) if align else probs.float()
-    centroids = F.normalize(seeds.t() @ f, dim=1)
+    if init is not None:
+        centroids = F.normalize(init.float(), dim=1)
+    else:
+        seeds = align_distribution(probs.float(), probs.float().mean(0)) if align else probs.float()
+        centroids = F.normalize(seeds.t() @ f, dim=1)
     labels = (f @ centroids.t()).argmax(1)
     for _ in range(iterations):
         sums = F.one_hot(labels, probs.shape[1]).float().t() @ f
