@@ -84,7 +84,7 @@ class SelfTrainingParams:
     pseudo_labels: str = "cluster"  # cluster (refreshed cluster labels) | prediction (the weak view's argmax)
     refresh: int = 50             # steps between two clusterings of the real images (pseudo_labels: cluster)
     cluster_iterations: int = 2   # hard k-means updates after the soft seeding
-    seeds: str = "predictions"    # predictions (the model's aligned predictions) | source (the renders' class means)
+    seeds: str = "source"         # source (the labelled renders' class means) | predictions (the model's aligned predictions)
 
     def __post_init__(self) -> None:
         check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
