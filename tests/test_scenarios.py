@@ -134,3 +134,14 @@ def test_pick_rules_scores_each_rule_on_the_dev_labels(scripts, tmp_path):
     assert result["hit_rate"] == 0.5 and result["mean_regret"] == pytest.approx(0.1)
     assert result["below_source_only"] == ["two"]
     assert json.loads((tmp_path / "one" / "scorecard.json").read_text())["pick"]["variant"] == "dann"
+
+
+def test_rerun_runs_each_named_stage_alone(scripts, tmp_path, monkeypatch):
+    suite = scripts("scenarios")
+    calls = []
+    monkeypatch.setattr(suite.subprocess, "run", lambda command, **kw: calls.append(command[3:]))
+    suite.repro(tmp_path, None, ["train_task@randomized_st", "report"])
+    assert calls == [["repro", "--single-item", "train_task@randomized_st"], ["repro", "--single-item", "report"]]
+    calls.clear()
+    suite.repro(tmp_path, "prepare")
+    assert calls == [["repro", "prepare"]]
