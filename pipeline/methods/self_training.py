@@ -39,11 +39,12 @@ Seeding by predictions lets a frequent real class capture the seed of a rare one
 half-confuses with it: on the suite's long-tailed scenario the real 7s (a quarter of the set), read
 as 2 by the supervised start 26 times in 125, all ended taught as 2s. Dev reads (seed 0, real training
 labels), predictions -> source: imbalanced 0.554 -> 0.711, camera 0.500 -> 0.587, fonts 0.714 -> 0.876,
-builtin 0.886 -> 0.836 (there the real 9s go to the renders' 3s). A real image's pseudo-label is then the class of the centroid
-nearest its weak view's features, ``argmax_k cos(f(t_w), c_k)``, which uses where the *other* real
-images lie rather than only the model's reading of this one; the confidence mask still decides which
-images are taught. On the built-in scenario (seed 0, 1,800 steps) this raised the held-out accuracy
-from 0.772 to 0.820; teaching every image its cluster label regardless of confidence (SHOT's rule)
+builtin 0.886 -> 0.836 (there the real 9s go to the renders' 3s).
+
+A real image's pseudo-label is then the class of the centroid nearest its weak view's features,
+``argmax_k cos(f(t_w), c_k)``, which uses where the *other* real images lie rather than only the
+model's reading of this one; the confidence mask still decides which images are taught. On the
+built-in scenario (seed 0, 1,800 steps) this raised the held-out accuracy from 0.772 to 0.820; teaching every image its cluster label regardless of confidence (SHOT's rule)
 fell to 0.519, and teaching only where cluster and prediction agree to 0.737.
 
 Starting from
@@ -95,7 +96,7 @@ class SelfTrainingParams:
     pseudo_labels: str = "cluster"  # cluster (refreshed cluster labels) | prediction (the weak view's argmax)
     refresh: int = 50             # steps between two clusterings of the real images (pseudo_labels: cluster)
     cluster_iterations: int = 2   # hard k-means updates after the soft seeding
-    seeds: str = "source"         # source (the labelled renders' class means) | predictions (the model's aligned predictions)
+    seeds: str = "source"         # source (the labelled renders' class means) | predictions (the model's, aligned)
 
     def __post_init__(self) -> None:
         check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
@@ -231,7 +232,8 @@ class SelfTraining(Method):
     def state_dict(self) -> dict[str, Any]:
         state = {"running_mean": self.running_mean.detach().cpu().clone()}
         if self.params.seeds == "source":
-            state["source_means"], state["source_seen"] = self.source_means.cpu().clone(), self.source_seen.cpu().clone()
+            state["source_means"] = self.source_means.cpu().clone()
+            state["source_seen"] = self.source_seen.cpu().clone()
         if self.centroids is not None:
             state["centroids"] = self.centroids.detach().cpu().clone()
         return state
