@@ -138,7 +138,6 @@ class SelfTraining(Method):
         self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
         self.centroids: Optional[torch.Tensor] = None   # (K, D) class centroids of the real images' features
         self.source_means = torch.zeros(ctx.num_classes, ctx.feature_dim, device=ctx.device)   # seeds: source
-        self.source_seen = torch.zeros(ctx.num_classes, dtype=torch.bool, device=ctx.device)
 
     @property
     def uses_clusters(self) -> bool:
@@ -152,7 +151,8 @@ class SelfTraining(Method):
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
             features, probs = features_and_probs(net, real, self.ctx.device)
-            init = self.source_means.cpu() if self.params.seeds == "source" and bool(self.source_seen.all()) else None
+            seen = bool((self.source_means.norm(dim=1) > 0).all())     # every class has a (unit) mean
+            init = self.source_means.cpu() if self.params.seeds == "source" and seen else None
             _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment,
                                           init=init)
             self.centroids = centroids.to(self.ctx.device)
@@ -198,17 +198,16 @@ class SelfTraining(Method):
 
     def update_source_means(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """``m_c <- normalise(SOURCE_MOMENTUM m_c + (1 - SOURCE_MOMENTUM) mean_{y_i = c} normalise(f_i))``
-        for each class in the batch (the first batch sets ``m_c``): the labelled renders' class means,
-        seeds of the real images' clusters under ``seeds: source``."""
+        for each class in the batch (the first batch that holds the class sets ``m_c``): the labelled
+        renders' class means, seeds of the real images' clusters under ``seeds: source``."""
         f = F.normalize(features, dim=1)
         onehot = F.one_hot(labels, self.ctx.num_classes).float()
         counts = onehot.sum(0)
         present = counts > 0
         means = (onehot.t() @ f) / counts.clamp_min(1)[:, None]
-        mixed = torch.where(self.source_seen[:, None],
-                            SOURCE_MOMENTUM * self.source_means + (1 - SOURCE_MOMENTUM) * means, means)
+        seen = self.source_means.norm(dim=1, keepdim=True) > 0          # a class met before has a unit mean
+        mixed = torch.where(seen, SOURCE_MOMENTUM * self.source_means + (1 - SOURCE_MOMENTUM) * means, means)
         self.source_means = torch.where(present[:, None], F.normalize(mixed, dim=1), self.source_means)
-        self.source_seen |= present
 
     def detection_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
         """The pseudo-box loss of the module docstring."""
@@ -233,7 +232,6 @@ class SelfTraining(Method):
         state = {"running_mean": self.running_mean.detach().cpu().clone()}
         if self.params.seeds == "source":
             state["source_means"] = self.source_means.cpu().clone()
-            state["source_seen"] = self.source_seen.cpu().clone()
         if self.centroids is not None:
             state["centroids"] = self.centroids.detach().cpu().clone()
         return state
@@ -242,6 +240,5 @@ class SelfTraining(Method):
         self.running_mean.copy_(state["running_mean"].to(self.running_mean.device))
         if "source_means" in state:
             self.source_means = state["source_means"].to(self.ctx.device)
-            self.source_seen = state["source_seen"].to(self.ctx.device)
         centroids = state.get("centroids")
         self.centroids = centroids.to(self.ctx.device) if centroids is not None else None
