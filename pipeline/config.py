@@ -35,6 +35,9 @@ class DomainSource:
     val_fraction: float = 0.15
     test_root: Optional[str] = None
     test_fraction: float = 0.3
+    labelled_per_class: int = 0            # target: real images per class drawn from a labelled target/train
+    labelled_root: Optional[str] = None    # target: a small labelled folder or manifest of real images
+    pick_fraction: float = 0.4             # target: share of the labelled real images kept to choose with
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class VariantParams:
     steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)
     target_bn: bool = False      # re-estimate BatchNorm statistics on the unlabelled real images before export (AdaBN)
     target_head: bool = False    # then make the classifier the class prototypes of the real images (classification; skipped for detection)
+    labelled_batch: int = 0      # labelled real images (data/prepared/target/labelled) in every step; 0: none
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,9 @@ def _validate(p: Params) -> None:
         ("data.target.format", d.target.format in _FORMATS_TARGET, f"one of {_FORMATS_TARGET}"),
         ("data.source.val_fraction", 0.0 < d.source.val_fraction < 1.0, "a fraction in (0, 1)"),
         ("data.target.test_fraction", 0.0 < d.target.test_fraction < 1.0, "a fraction in (0, 1)"),
+        ("data.target.labelled_per_class", d.target.labelled_per_class >= 0,
+         "a non-negative number of real images per class (0: none)"),
+        ("data.target.pick_fraction", 0.0 <= d.target.pick_fraction < 1.0, "a fraction in [0, 1)"),
         ("data.max_image_pixels", d.max_image_pixels > 0, "a positive integer (pixels, width x height)"),
         ("data.render.train_count", d.render.train_count > 0, "a positive integer"),
         ("data.render.val_count", d.render.val_count > 0, "a positive integer"),
@@ -298,6 +305,7 @@ def _validate(p: Params) -> None:
                 raise ConfigError(f"data.{side}.root: {src.root!r} does not exist")
         if src.test_root and not Path(src.test_root).exists():
             raise ConfigError(f"data.{side}.test_root: {src.test_root!r} does not exist")
+    _validate_labelled_target(p)
     if d.target.format == "folder" and not d.target.test_root:
         raise ConfigError("data.target.test_root: a flat unlabelled target folder needs a labelled test set "
                           "(an imagefolder folder or a manifest CSV; a COCO JSON file for detection)")
@@ -314,6 +322,12 @@ def _validate(p: Params) -> None:
         if not name.replace("_", "").isalnum():
             raise ConfigError(f"variants.{name}: expected a name of letters, digits and underscores")
         _validate_method(p, name, v)
+        if v.labelled_batch < 0:
+            raise ConfigError(f"variants.{name}.labelled_batch: expected a non-negative integer, got {v.labelled_batch!r}")
+        if v.labelled_batch and not has_labelled_target(d):
+            raise ConfigError(f"variants.{name}.labelled_batch: {v.labelled_batch} labelled real images per step, but "
+                              "there are none: set data.target.labelled_per_class (drawn from a labelled target) or "
+                              "data.target.labelled_root (a small labelled folder or manifest), or set it to 0")
         if v.steps is not None and v.steps <= 0:
             raise ConfigError(f"variants.{name}.steps: expected a positive integer, got {v.steps!r}")
         if d.target.format == "folder" and trains_on_target(v):
@@ -325,6 +339,33 @@ def _validate(p: Params) -> None:
 PREPARED_TARGET = Path("data/prepared/target")
 
 
+def has_labelled_target(data: DataParams) -> bool:
+    """Whether prepare writes labelled real images besides the test split (``target/labelled``)."""
+    return data.target.labelled_per_class > 0 or bool(data.target.labelled_root)
+
+
+def _validate_labelled_target(p: Params) -> None:
+    """A few labelled real images: from one place, for classification, and never on the source side."""
+    d = p.data
+    for key in ("labelled_per_class", "labelled_root"):
+        if getattr(d.source, key) != getattr(DomainSource("x"), key):
+            raise ConfigError(f"data.source.{key}: labelled real images belong to data.target, not data.source")
+    if not has_labelled_target(d):
+        return
+    if d.target.labelled_per_class and d.target.labelled_root:
+        raise ConfigError("data.target.labelled_per_class / data.target.labelled_root: give the labelled real images "
+                          "one way, drawn from a labelled target (labelled_per_class) or as their own folder "
+                          "(labelled_root), not both")
+    if p.task.kind != "classification":
+        raise ConfigError(f"data.target.labelled_per_class / labelled_root: labelled real images are for task.kind "
+                          f"classification, not {p.task.kind!r}")
+    if d.target.labelled_per_class and d.target.format == "folder":
+        raise ConfigError("data.target.labelled_per_class: a flat target folder has no labels to draw from; give "
+                          "data.target.labelled_root (a few labelled real images) instead")
+    if d.target.labelled_root and not Path(d.target.labelled_root).exists():
+        raise ConfigError(f"data.target.labelled_root: {d.target.labelled_root!r} does not exist")
+
+
 def _validate_method(p: Params, name: str, v: VariantParams) -> None:
     """The method exists, its params fit its dataclass and every augment pipeline it names exists."""
     from pipeline import methods
@@ -334,6 +375,10 @@ def _validate_method(p: Params, name: str, v: VariantParams) -> None:
     if p.task.kind not in kinds:
         raise ConfigError(f"variants.{name}.method: {v.method!r} works for task.kind {' or '.join(kinds)}, not "
                           f"{p.task.kind!r}; remove variants.{name} or choose another method")
+    if v.labelled_batch and not methods.get(v.method).reads_labelled_real:
+        readers = [m for m in methods.available() if methods.get(m).reads_labelled_real]
+        raise ConfigError(f"variants.{name}.labelled_batch: method {v.method!r} does not train on labelled real "
+                          f"images; expected 0, or a method that does ({', '.join(readers)})")
     pipelines = sorted(p.augment)
     if v.augment not in p.augment:
         raise ConfigError(f"variants.{name}.augment: {v.augment!r} is not a pipeline of 'augment'; "

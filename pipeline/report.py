@@ -30,8 +30,8 @@ from typing import Any, Optional, Sequence
 
 from pipeline.io import write_json, write_text
 from pipeline.metrics.classification import gap_closed
-from pipeline.selection import (COLLAPSE_MIN_CLASSES, COLLAPSE_SHARE, FAILED_MARGIN, PICK_RULE_NAME, RULES, choose,
-                                health)
+from pipeline.selection import (COLLAPSE_MIN_CLASSES, COLLAPSE_SHARE, FAILED_MARGIN, LABELLED_RULE, PICK_RULE_NAME,
+                                RULES, choose, choose_by_labels, health, wilson)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ SCORES_FILE = "scores.csv"        # DVC's bar plot of the variants
 LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max",
                    "target_bnm", "target_class_ami")
 SUMMARY_LABEL_FREE = LABEL_FREE_KEYS
-PICK_RULE = (f"{RULES[PICK_RULE_NAME].text} among the healthy variants known not to use target labels (not failed "
+PICK_RULE = (f"{RULES[PICK_RULE_NAME].text} among the healthy variants known not to use target labels, or only the few "
+             f"labelled real images the user gave (not failed "
              f"to learn their labelled data: val acc >= chance + {FAILED_MARGIN:.0%} of the way to 1; not collapsed: "
              f"<= {COLLAPSE_SHARE:.0%} of real images in one class with >= {COLLAPSE_MIN_CLASSES} classes, no collapse "
              f"during training); tie: max source_val_acc")
@@ -57,7 +58,10 @@ def label_use(value: Any) -> Optional[bool]:
     return value if isinstance(value, bool) else None
 
 
-def labels_cell(uses: Optional[bool]) -> str:
+def labels_cell(uses: Optional[bool], few: bool = False) -> str:
+    """``no``, ``yes``, ``unknown``, or ``few`` for a variant trained on the few labelled real images."""
+    if uses and few:
+        return "few"
     return {True: "yes", False: "no"}.get(uses, "unknown")
 
 
@@ -79,6 +83,10 @@ class Row:
     # from the training record: the loop's warnings and the predicted classes on the real sample
     warnings: list[str] = field(default_factory=list)
     target_predicted: Optional[list[int]] = None
+    few_target_labels: bool = False          # trained on the few labelled real images only (target/labelled)
+    labelled_real_images: int = 0            # how many of them it trained on
+    pick_accuracy: Optional[float] = None    # accuracy on the labelled real pick images (target/pick), if any
+    pick_images: Optional[int] = None
     health: str = ""               # "" when it may be picked, else why not (pipeline.selection.health)
 
     @property
@@ -92,6 +100,10 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     pick: Optional[str] = None        # the variant pick_variant chose, None when it could not
     pick_reason: str = ""
+    pick_rule: str = PICK_RULE        # the rule that chose: labelled pick images when there are any, else label-free
+    pick_estimate: Optional[dict] = None   # with labelled pick images: the pick's accuracy there and its interval
+    label_free_pick: Optional[str] = None  # what the label-free rule alone chooses, and why
+    label_free_reason: str = ""
 
     def as_metrics(self) -> dict[str, dict[str, Any]]:
         """``{variant: {accuracy, macro_f1, gap_closed, target_entropy, target_im, target_snd,
@@ -102,8 +114,11 @@ class Summary:
                 for r in self.rows}
 
     def as_json(self) -> dict[str, Any]:
-        """``summary.json``: :meth:`as_metrics` plus ``"pick": {"variant", "rule"}``."""
-        return {**self.as_metrics(), PICK_KEY: {"variant": self.pick, "rule": PICK_RULE}}
+        """``summary.json``: :meth:`as_metrics` plus ``"pick": {"variant", "rule", "estimate", "label_free"}``
+        (``estimate``: with labelled pick images, the pick's accuracy there and its Wilson 95% interval;
+        ``label_free``: the label-free rule's choice)."""
+        return {**self.as_metrics(), PICK_KEY: {"variant": self.pick, "rule": self.pick_rule,
+                                                "estimate": self.pick_estimate, "label_free": self.label_free_pick}}
 
 
 def collect(eval_dir: str | Path = EVAL_DIR, variants: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
@@ -144,16 +159,22 @@ def collect_label_free(variants: Sequence[str], train_dir: str | Path = TRAIN_DI
 
 
 def collect_training_record(variants: Sequence[str], train_dir: str | Path = TRAIN_DIR) -> dict[str, dict[str, Any]]:
-    """``{variant: {"warnings": [...], "target_predicted": [...] or None}}`` from each
-    ``<train_dir>/<variant>/metrics.json`` (missing files: left out)."""
+    """``{variant: {"warnings", "target_predicted", "few_target_labels", "labelled_real_images",
+    "pick_accuracy", "pick_images"}}`` from each ``<train_dir>/<variant>/metrics.json`` (missing files:
+    left out)."""
     found = {}
     for variant in variants:
         path = Path(train_dir) / variant / "metrics.json"
         if path.is_file():
             record = json.loads(path.read_text())
             predicted = record.get("target_predicted")
+            pick = record.get("labelled_pick") if isinstance(record.get("labelled_pick"), dict) else {}
             found[variant] = {"warnings": [str(w) for w in record.get("warnings") or []],
-                              "target_predicted": predicted if isinstance(predicted, list) else None}
+                              "target_predicted": predicted if isinstance(predicted, list) else None,
+                              "few_target_labels": record.get("few_target_labels") is True,
+                              "labelled_real_images": int(record.get("labelled_real_images") or 0),
+                              "pick_accuracy": _score(pick.get("accuracy")),
+                              "pick_images": pick.get("images") if isinstance(pick.get("images"), int) else None}
     return found
 
 
@@ -180,6 +201,11 @@ def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
             for v in names]
     summary = Summary(rows)
     summary.pick, summary.pick_reason = pick_variant(rows, n_classes)
+    summary.label_free_pick, summary.label_free_reason = summary.pick, summary.pick_reason
+    labelled = choose_by_labels(rows)
+    if labelled is not None:
+        summary.pick, summary.pick_reason, summary.pick_estimate = labelled
+        summary.pick_rule = LABELLED_RULE
     missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
     if missing:
         summary.notes.append(f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated.")
@@ -203,30 +229,56 @@ def to_markdown(summary: Summary) -> str:
         "# Sim-to-real: accuracy on the held-out real test set",
         "",
         f"Gap closed = (acc - {BASELINE}) / ({ORACLE} - {BASELINE}). Variants that use target labels are "
-        "upper bounds, not adaptation methods; 'unknown': the origin of a variant's labels is not recorded.",
+        "upper bounds, not adaptation methods, except 'few': trained on the few labelled real images the user "
+        "gave (data/prepared/target/labelled); 'unknown': the origin of a variant's labels is not recorded.",
         "",
         "| variant | accuracy | macro-F1 | gap closed | uses target labels |",
         "|---|---:|---:|---:|:---:|",
     ]
     lines += [f"| {r.variant} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.gap_closed, '{:.1%}')} | "
-              f"{labels_cell(r.uses_target_labels)} |" for r in summary.rows]
-    lines += ["", *label_free_markdown(summary)]
+              f"{labels_cell(r.uses_target_labels, r.few_target_labels)} |" for r in summary.rows]
+    lines += ["", *labelled_pick_markdown(summary), *label_free_markdown(summary)]
     if summary.notes:
         lines += [""] + [f"Note: {n}" for n in summary.notes]
     return "\n".join(lines) + "\n"
 
 
+def labelled_pick_markdown(summary: Summary) -> list[str]:
+    """With labelled real pick images: each candidate's accuracy there, its interval, and the pick."""
+    scored = [r for r in summary.rows if r.pick_accuracy is not None and r.pick_images]
+    if not scored:
+        return []
+    lines = ["## Choosing with a few labelled real images", "",
+             f"Accuracy on the {scored[0].pick_images} labelled real images of data/prepared/target/pick, which "
+             "no variant trains on (the test split is never read to choose), with its Wilson 95% interval.", "",
+             "| variant | pick accuracy | 95% interval | labelled real images trained on | candidate |",
+             "|---|---:|---|---:|:---:|"]
+    for r in scored:
+        low, high = wilson(r.pick_accuracy, r.pick_images)
+        candidate = "yes" if r.uses_target_labels is False or r.few_target_labels else "no (bound)"
+        lines.append(f"| {r.variant} | {r.pick_accuracy:.3f} | {low:.3f}-{high:.3f} | "
+                     f"{r.labelled_real_images if r.few_target_labels else ('all' if r.uses_target_labels else 0)} | "
+                     f"{candidate} |")
+    lines += ["", f"Rule: {LABELLED_RULE}.", "",
+              f"Pick: {summary.pick or 'none'}: {summary.pick_reason}.", "",
+              f"For information only, never used to choose: {pick_versus_best(summary)}", ""]
+    return lines
+
+
 def pick_versus_best(summary: Summary) -> Optional[str]:
-    """For information only: the pick's real test accuracy against the best variant without target labels."""
+    """For information only: the pick's real test accuracy against the best variant it could have been
+    (without target labels, or with only the few labelled real images)."""
     if summary.pick is None:
         return None
     by_name = {r.variant: r for r in summary.rows}
-    fair = [r for r in summary.rows if r.uses_target_labels is False]
+    fair = [r for r in summary.rows if r.uses_target_labels is False or r.few_target_labels]
     best = max(fair, key=lambda r: -math.inf if r.accuracy is None else r.accuracy)
+    which = "variant without target labels" + (" or with only the few labelled real images"
+                                               if any(r.few_target_labels for r in fair) else "")
     text = f"the pick scores {_fmt(by_name[summary.pick].accuracy)} on the real test set; "
     if best.variant == summary.pick:
-        return text + "it is also the best variant without target labels there."
-    return text + f"the best variant without target labels there is {best.variant} with {_fmt(best.accuracy)}."
+        return text + f"it is also the best {which} there."
+    return text + f"the best {which} there is {best.variant} with {_fmt(best.accuracy)}."
 
 
 def label_free_markdown(summary: Summary) -> list[str]:
@@ -251,21 +303,28 @@ def label_free_markdown(summary: Summary) -> list[str]:
               f"{_fmt(r.target_snd)} | {_fmt(r.target_bnm)} | {_fmt(r.target_class_ami)} | "
               f"{_fmt(r.target_class_share_max, '{:.1%}')} | {status(r)} |" for r in summary.rows]
     lines += ["", f"Rule: {PICK_RULE}.", ""]
-    if summary.pick is None:
-        lines.append(f"Pick without real labels: none ({summary.pick_reason}).")
+    labelled = summary.pick_estimate is not None
+    said = "The label-free rule alone would pick" if labelled else "Pick without real labels:"
+    if summary.label_free_pick is None:
+        lines.append(f"{said} none ({summary.label_free_reason}).")
         return lines
-    lines.append(f"Pick without real labels: {summary.pick}: {summary.pick_reason}.")
-    lines += ["", f"For information only, never used to choose: {pick_versus_best(summary)}"]
+    lines.append(f"{said} {summary.label_free_pick}: {summary.label_free_reason}.")
+    if not labelled:
+        lines += ["", f"For information only, never used to choose: {pick_versus_best(summary)}"]
     return lines
 
 
 def status(row: Row) -> str:
     """The report's status cell: why a variant may not be picked, else whether it is a candidate at all."""
-    if row.uses_target_labels is not False:
-        return "bound (real labels)" if row.uses_target_labels else "unknown labels"
+    if row.uses_target_labels is None:
+        return "unknown labels"
+    if row.uses_target_labels and not row.few_target_labels:
+        return "bound (real labels)"
     if not row.has_label_free:
         return "no label-free scores"
-    return f"**not picked: {row.health}**" if row.health else "ok"
+    if row.health:
+        return f"**not picked: {row.health}**"
+    return "ok (few real labels)" if row.few_target_labels else "ok"
 
 
 BARS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))   # (Row attribute, label) of the summary figure

@@ -1,12 +1,13 @@
-"""Choosing a variant without real labels: which variants may be chosen, and the rule that chooses.
+"""Choosing a variant: without real labels (which variants may be chosen, and the rule that chooses),
+or by a few labelled real images when the user gives them (:func:`choose_by_labels`).
 
 A user without labelled real images cannot look at test accuracy. Every variant's training record
 (``reports/train/<variant>/metrics.json``) holds label-free scores (:mod:`pipeline.metrics.label_free`)
 and its predicted classes on a fixed sample of the unlabelled real training images. From those alone:
 
-1. **Who may be chosen.** Variants known not to use real labels (the oracle is a bound, not a choice;
-   an unknown label origin is left out: the pick fails closed) that have label-free scores, less
-   the *unhealthy* ones, which the report marks:
+1. **Who may be chosen.** Variants known not to use real labels, or only the few labelled real images
+   the user gave (the oracle is a bound, not a choice; an unknown label origin is left out: the pick
+   fails closed) that have label-free scores, less the *unhealthy* ones, which the report marks:
 
    - *failed to learn the source*: accuracy on the labelled validation images of its own training
      domain below ``chance + FAILED_MARGIN * (1 - chance)`` (chance ``1/K``): a model that never
@@ -100,7 +101,7 @@ def choose(rows: Sequence[Any], n_classes: Optional[int], rule: str = PICK_RULE_
     """``(variant, reason)`` by ``rule`` among the healthy candidates of ``rows``; ``(None, reason)``
     when none qualifies. Ties go to the higher source-val accuracy, then to the earlier row."""
     unknown = unknown_label_use(rows)
-    candidates = [r for r in rows if r.uses_target_labels is False and r.has_label_free]
+    candidates = [r for r in rows if may_use_few_labels(r) and r.has_label_free]
     if not candidates:
         scored = [r.variant for r in rows if r.has_label_free]
         why = ("no variant known not to use target labels has label-free scores" if scored else
@@ -121,5 +122,61 @@ def choose(rows: Sequence[Any], n_classes: Optional[int], rule: str = PICK_RULE_
         return None, f"no healthy candidate has the score the rule needs ({spec.text}){left_out}{unknown}"
     ties = [r for s, r in scored if s == best_score and r is not best]
     tie = f", tie broken by source val accuracy {best.source_val_acc:.4f}" if ties else ""
-    return best.variant, (f"{spec.text}: {best_score:.4f} among {len(healthy)} healthy candidate(s) without "
-                          f"target labels{tie}{left_out}{unknown}")
+    few = sum(bool(getattr(r, "few_target_labels", False)) for r in healthy)
+    which = f" ({few} trained on the few labelled real images)" if few else " without target labels"
+    return best.variant, f"{spec.text}: {best_score:.4f} among {len(healthy)} healthy candidate(s){which}{tie}{left_out}{unknown}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Choosing with a few labelled real images
+# ------------------------------------------------------------------------------------------------
+
+Z95 = 1.959964    # two-sided 95% normal quantile (Wilson interval)
+LABELLED_RULE = ("max accuracy on the labelled real pick images (data/prepared/target/pick, which no variant trains "
+                 "on) among the variants without target labels and those trained on the few labelled real images; "
+                 "tie: the label-free rule's score, then max source_val_acc")
+
+
+def wilson(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``accuracy`` measured on ``n`` images:
+
+        (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+
+    (Wilson 1927); unlike ``p -+ z sqrt(p(1-p)/n)`` it stays inside [0, 1] and is not of width 0 at
+    ``p = 1`` on a few images."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = accuracy + z * z / (2 * n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def may_use_few_labels(row: Any) -> bool:
+    """A candidate of the labelled pick: no target labels, or only the few of ``target/labelled``."""
+    return row.uses_target_labels is False or bool(getattr(row, "few_target_labels", False))
+
+
+def choose_by_labels(rows: Sequence[Any], rule: str = PICK_RULE_NAME) -> Optional[tuple[str, str, dict]]:
+    """``(variant, reason, estimate)`` by :data:`LABELLED_RULE` when variants were scored on labelled real
+    pick images (``row.pick_accuracy``, ``row.pick_images``), else None (the label-free rule decides).
+    ``estimate``: the pick's accuracy there with its Wilson 95% interval and the image count."""
+    scored = [r for r in rows if may_use_few_labels(r) and r.pick_accuracy is not None and r.pick_images]
+    if not scored:
+        return None
+    spec = RULES[rule]
+    tie = lambda r: spec.score(r, scored) if r.has_label_free else None   # noqa: E731
+    key = lambda r: (r.pick_accuracy, -math.inf if tie(r) is None else tie(r),   # noqa: E731
+                     -math.inf if r.source_val_acc is None else r.source_val_acc)
+    ranked = sorted(scored, key=key, reverse=True)
+    best = ranked[0]
+    low, high = wilson(best.pick_accuracy, best.pick_images)
+    estimate = {"accuracy": best.pick_accuracy, "low": low, "high": high, "images": best.pick_images}
+    reason = (f"accuracy {best.pick_accuracy:.3f} on {best.pick_images} labelled real pick images "
+              f"(Wilson 95% interval {low:.3f}-{high:.3f}) among {len(scored)} candidate(s)")
+    if len(ranked) > 1:
+        second = ranked[1]
+        s_low, s_high = wilson(second.pick_accuracy, second.pick_images)
+        close = "within" if s_high >= low else "outside"
+        reason += (f"; next {second.variant} {second.pick_accuracy:.3f} ({s_low:.3f}-{s_high:.3f}), "
+                   f"{close} the pick's interval")
+    return best.variant, reason, estimate

@@ -5,6 +5,8 @@
     .venv/bin/python scripts/scenarios.py --collect-only        # the scorecard from what already ran
     .venv/bin/python scripts/scenarios.py --only builtin --pipeline-seed 1   # another seed: builtin-seed1/
     .venv/bin/python scripts/scenarios.py --rerun train_task@randomized_st evaluate@randomized_st report
+    .venv/bin/python scripts/scenarios.py --only photo --labels 5 --skip translated dann   # 5 labelled real
+                                                                # images per class: <name>-labels5/, a table of their own
 
 Each scenario (``scripts/make_scenario.py``) is its own workspace, ``<out>/<name>/``: the project's
 code and ``dvc.yaml`` copied in, ``params.yaml`` the project's own with the scenario's ``data``
@@ -42,6 +44,12 @@ CODE = ("pipeline", "stages", "dvc.yaml")
 ORDER = ("fonts", "grey", "photo", "camera", "imbalanced", "small", "builtin")
 DEV_SPLIT = "data/prepared/target/train"
 CARD = "scorecard.json"
+# With --labels K: the variants that train on the K labelled real images per class (as README "A few
+# labelled real images" shows them), added to the project's own.
+FEW_LABEL_VARIANTS = {
+    "few_labels": {"method": "supervised", "train": "data/prepared/source/train", "augment": "strong",
+                   "labelled_batch": 16, "target_bn": True},
+}
 
 
 def sync_code(workspace: Path) -> None:
@@ -78,15 +86,30 @@ def scenario_params(data: dict) -> dict:
     return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), data)
 
 
-def workspace_name(name: str, pipeline_seed: int) -> str:
-    """``<name>`` for the pipeline's own seed (params.yaml's, 0), ``<name>-seed<N>`` for another."""
-    return name if pipeline_seed == 0 else f"{name}-seed{pipeline_seed}"
+def workspace_name(name: str, pipeline_seed: int, labels: int = 0) -> str:
+    """``<name>`` for the pipeline's own seed (params.yaml's, 0) without labelled real images,
+    ``<name>-seed<N>`` for another seed, ``...-labels<K>`` with K labelled real images per class."""
+    return name + (f"-seed{pipeline_seed}" if pipeline_seed else "") + (f"-labels{labels}" if labels else "")
 
 
-def prepare_workspace(name: str, out: Path, seed: int, pipeline_seed: int = 0) -> Path:
+def few_label_params(params: dict, labels: int, skip: Sequence[str] = ()) -> dict:
+    """``params`` with ``labels`` labelled real images per class and :data:`FEW_LABEL_VARIANTS` (the
+    project's self-training variant, ``randomized_st``, also as ``few_labels_st``: the same settings
+    plus the labelled batch), less the ``skip`` variants."""
+    variants = dict(params["variants"])
+    if labels:
+        params = {**params, "data": {**params["data"], "target": {**params["data"]["target"],
+                                                                  "labelled_per_class": labels}}}
+        variants.update(FEW_LABEL_VARIANTS)
+        variants["few_labels_st"] = {**variants["randomized_st"], "labelled_batch": 16}
+    return {**params, "variants": {k: v for k, v in variants.items() if k not in skip}}
+
+
+def prepare_workspace(name: str, out: Path, seed: int, pipeline_seed: int = 0, labels: int = 0,
+                      skip: Sequence[str] = ()) -> Path:
     """``<out>/<name>/`` (:func:`workspace_name`) with the scenario's folders (built once), its params
-    (``seed: pipeline_seed``) and the current code."""
-    workspace = out / workspace_name(name, pipeline_seed)
+    (``seed: pipeline_seed``, ``labels`` per class, less the ``skip`` variants) and the current code."""
+    workspace = out / workspace_name(name, pipeline_seed, labels)
     built = workspace / "scenario" / "BUILT.json"
     if built.is_file():
         data = json.loads(built.read_text())
@@ -96,8 +119,8 @@ def prepare_workspace(name: str, out: Path, seed: int, pipeline_seed: int = 0) -
         built.parent.mkdir(parents=True, exist_ok=True)
         built.write_text(json.dumps(data, indent=1))
     sync_code(workspace)
-    (workspace / "params.yaml").write_text(yaml.safe_dump({**scenario_params(data), "seed": pipeline_seed},
-                                                          sort_keys=False))
+    params = few_label_params({**scenario_params(data), "seed": pipeline_seed}, labels, skip)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (workspace / ".dvc").is_dir():
         subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=workspace, check=True)
     return workspace
@@ -153,6 +176,8 @@ def collect(workspace: Path, seconds: float | None) -> dict[str, Any]:
         t = train.get(v, {})
         card["variants"][v] = {**summary[v], "train_seconds": t.get("train_seconds"), "warnings": t.get("warnings", []),
                                "uses_target_labels": t.get("uses_target_labels"),
+                               "few_target_labels": t.get("few_target_labels", False),
+                               "labelled_pick": t.get("labelled_pick"),
                                "final_train_acc": t.get("final", {}).get("train_acc"),
                                "label_free": t.get("label_free", {}), **dev.get(v, {})}
     return card
@@ -192,6 +217,60 @@ def seeds_markdown(cards: dict[str, dict], seeded: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def labels_markdown(labelled: Sequence[dict], cards: dict[str, dict]) -> str:
+    """The runs with K labelled real images per class: per scenario, seed and K the pick (by accuracy on
+    the labelled pick images), its test accuracy, the best variant's, and the gap the pick closes; the
+    label-free run of the same scenario (seed 0, K = 0) first when there is one. ``""`` when none ran."""
+    if not labelled:
+        return ""
+    rows = [{**c, "scenario": n, "seed": 0, "labels": 0} for n, c in cards.items()
+            if any(l["scenario"] == n for l in labelled)] + list(labelled)
+    lines = ["", "| scenario | seed | labels per class | pick | its accuracy | best variant | its accuracy | "
+                 "source_only | target_oracle | gap closed by the pick |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|"]
+    for card in sorted(rows, key=lambda c: (c["scenario"], c["seed"], c["labels"])):
+        v, pick = card["variants"], card["pick"]["variant"] or "source_only"
+        fair = {k: r for k, r in v.items() if r.get("uses_target_labels") is False or r.get("few_target_labels")}
+        best = max(fair, key=lambda k: fair[k]["accuracy"])
+        g = gap(card)
+        lines.append(f"| {card['scenario']} | {card['seed']} | {card['labels']} | {pick} | {v[pick]['accuracy']:.3f} | "
+                     f"{best} | {v[best]['accuracy']:.3f} | {v['source_only']['accuracy']:.3f} | "
+                     f"{v['target_oracle']['accuracy']:.3f} | {'n/a' if g is None else f'{g:.0%}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_labels_curve(labelled: Sequence[dict], cards: dict[str, dict], path: Path) -> Path | None:
+    """The pick's test accuracy against labelled real images per class (seed 0; K = 0 from the label-free
+    card), one line per scenario with at least two K, the oracle dashed: ``path`` (None when nothing to draw)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points: dict[str, dict[int, tuple[float, float]]] = {}
+    for card in [*({**c, "scenario": n, "seed": 0, "labels": 0} for n, c in cards.items()), *labelled]:
+        if card["seed"] == 0:
+            v, pick = card["variants"], card["pick"]["variant"] or "source_only"
+            points.setdefault(card["scenario"], {})[card["labels"]] = (v[pick]["accuracy"],
+                                                                        v["target_oracle"]["accuracy"])
+    points = {n: p for n, p in points.items() if len(p) >= 2}
+    if not points:
+        return None
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, by_k in sorted(points.items()):
+        ks = sorted(by_k)
+        line, = ax.plot(ks, [by_k[k][0] for k in ks], marker="o", label=name)
+        ax.axhline(by_k[ks[-1]][1], color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set_xlabel("labelled real images per class")
+    ax.set_ylabel("the pick's accuracy (held-out real test split)")
+    ax.set_title("what a few real labels buy (dashed: target_oracle)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def scorecard_markdown(cards: dict[str, dict]) -> str:
     found = list(dict.fromkeys(v for c in cards.values() for v in c["variants"]))
     order = list(yaml.safe_load((ROOT / "params.yaml").read_text())["variants"])    # as params.yaml lists them
@@ -225,6 +304,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="params.yaml's seed in the workspaces (not 0: workspaces <name>-seed<N>, a table of their own)")
     ap.add_argument("--collect-only", action="store_true", help="no runs: the scorecard of the finished workspaces")
     ap.add_argument("--stage", default=None, help="only `dvc repro STAGE` (e.g. prepare, for dev reads); no scorecard")
+    ap.add_argument("--labels", type=int, default=0, metavar="K",
+                    help="K labelled real images per class (data.target.labelled_per_class) and the variants that train "
+                         "on them: workspaces <name>[-seed<N>]-labels<K>, a table of their own")
+    ap.add_argument("--skip", nargs="+", default=(), metavar="VARIANT",
+                    help="leave these variants out of the workspaces' params (to save time; the card lists them)")
     ap.add_argument("--rerun", nargs="+", default=(), metavar="STAGE",
                     help="only these stages, each `dvc repro --single-item` (for a change that touches only them; "
                          "the others are kept as they are, and the wall time is theirs alone), then the scorecard")
@@ -233,11 +317,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = args.only or list(ORDER)
     for name in names if not args.collect_only else ():
         print(f"== {name}", file=sys.stderr, flush=True)
-        workspace = prepare_workspace(name, out, args.seed, args.pipeline_seed)
-        seconds = repro(workspace, args.stage, args.rerun)
+        workspace = prepare_workspace(name, out, args.seed, args.pipeline_seed, args.labels, args.skip)
+        seconds = repro(workspace, args.stage or ("report" if args.skip else None), args.rerun)
         if args.stage:
             continue
         card = collect(workspace, None if args.rerun else seconds)
+        card.update(scenario=name, seed=args.pipeline_seed, labels=args.labels, skipped=list(args.skip))
         if args.rerun:           # the wall time of the last full run stays the scenario's
             old = json.loads((workspace / CARD).read_text()) if (workspace / CARD).is_file() else {}
             card["repro_seconds"] = old.get("repro_seconds")
@@ -248,12 +333,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.stage:
         return
     cards = {n: json.loads((out / n / CARD).read_text()) for n in ORDER if (out / n / CARD).is_file()}
-    if not cards:
+    if not cards and not list(out.glob(f"*-labels*/{CARD}")):
         sys.exit(f"error: no {CARD} under {out}; run the suite first")
     (out / "scorecard.json").write_text(json.dumps({n: {k: v for k, v in c.items() if k != "dev_labels"}
                                                     for n, c in cards.items()}, indent=1))
-    seeded = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob(f"*-seed*/{CARD}"))}
-    text = scorecard_markdown(cards) + seeds_markdown(cards, seeded)
+    seeded = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob(f"*-seed*/{CARD}"))
+              if "-labels" not in p.parent.name}
+    labelled = [json.loads(p.read_text()) for p in sorted(out.glob(f"*-labels*/{CARD}"))]
+    text = scorecard_markdown(cards) + seeds_markdown(cards, seeded) + labels_markdown(labelled, cards)
+    plot_labels_curve(labelled, cards, out / "labels_curve.png")
     (out / "scorecard.md").write_text(text)
     print(text)
 

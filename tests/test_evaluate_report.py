@@ -117,7 +117,7 @@ def test_report_without_oracle_has_no_gap_and_says_why(tmp_path):
                   "target_entropy": None,
                   "target_im": None, "target_snd": None, "target_class_share_max": None,
                       "target_bnm": None, "target_class_ami": None},
-         "pick": {"variant": None, "rule": PICK_RULE}}
+         "pick": {"variant": None, "rule": PICK_RULE, "estimate": None, "label_free": None}}
     assert "Note: gap closed needs the source_only and target_oracle" in (tmp_path / "summary.md").read_text()
 
 
@@ -195,7 +195,7 @@ def test_report_marks_the_pick_and_shows_n_a_for_older_runs(tmp_path):
     assert summary.pick == "dann"
 
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["pick"] == {"variant": "dann", "rule": PICK_RULE}
+    assert saved["pick"] == {"variant": "dann", "rule": PICK_RULE, "estimate": None, "label_free": "dann"}
     assert set(saved) == {"source_only", "translated", "dann", "target_oracle", "pick"}
     assert set(saved["dann"]) == {"accuracy", "macro_f1", "gap_closed", "source_val_acc", "target_entropy", "target_im",
                                   "target_snd", "target_class_share_max", "target_bnm", "target_class_ami"}

@@ -145,3 +145,42 @@ def test_rerun_runs_each_named_stage_alone(scripts, tmp_path, monkeypatch):
     calls.clear()
     suite.repro(tmp_path, "prepare")
     assert calls == [["repro", "prepare"]]
+
+
+def test_the_few_label_variants_are_the_readmes_and_the_params_files(scripts, default_raw):
+    """The suite's --labels runs use exactly the variants the README tells a user to add (and params.yaml's
+    comment shows), and they pass params.yaml's checks."""
+    import re
+
+    from pipeline.config import parse_params
+
+    runner = scripts("scenarios")
+    made = runner.few_label_params(default_raw, 5, skip=("dann",))
+    assert made["data"]["target"]["labelled_per_class"] == 5 and "dann" not in made["variants"]
+    added = {k: v for k, v in made["variants"].items() if k not in default_raw["variants"]}
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### A few labelled real images"):]
+    shown = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["variants"]
+    assert added == shown
+    commented = "\n".join(line.strip()[2:] for line in (REPO / "params.yaml").read_text().splitlines()
+                          if line.strip().startswith(("# few_labels", "#   ")))
+    assert yaml.safe_load(commented) == shown
+    assert set(parse_params(made).variants) >= {"few_labels", "few_labels_st"}
+    assert runner.workspace_name("photo", 1, 5) == "photo-seed1-labels5" and runner.workspace_name("photo", 0) == "photo"
+
+
+def test_labelled_runs_get_a_table_and_a_curve_of_the_pick_against_labels(scripts, tmp_path):
+    suite = scripts("scenarios")
+    zero = {"source_only": 0, "few_st": 0, "target_oracle": 0, "randomized": 0}
+    free = card({"source_only": 0.3, "randomized": 0.5, "target_oracle": 0.9}, "randomized", zero)
+    few = {**card({"source_only": 0.3, "few_st": 0.8, "target_oracle": 0.9}, "few_st", zero),
+           "scenario": "builtin", "seed": 0, "labels": 5}
+    few["variants"]["few_st"].update(uses_target_labels=True, few_target_labels=True)
+    few["variants"]["source_only"]["uses_target_labels"] = False
+    text = suite.labels_markdown([few], {"builtin": free})
+    assert "| builtin | 0 | 0 | randomized | 0.500 |" in text                 # the label-free run first
+    assert "| builtin | 0 | 5 | few_st | 0.800 | few_st | 0.800 | 0.300 | 0.900 | 83% |" in text
+    assert suite.labels_markdown([], {"builtin": free}) == ""
+    path = suite.plot_labels_curve([few], {"builtin": free}, tmp_path / "curve.png")
+    assert path.stat().st_size > 1000
+    assert suite.plot_labels_curve([], {"builtin": free}, tmp_path / "none.png") is None

@@ -148,6 +148,16 @@ def write_manifest(folder: str | Path, rows: Iterable[tuple[str, str]]) -> Path:
     return path
 
 
+def manifest_rows(folder: str | Path) -> int:
+    """The number of images ``folder/manifest.csv`` lists (0 when it has none or is missing), without
+    reading a label: an optional split (``target/labelled``, ``target/pick``) may be empty."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return 0
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        return max(0, sum(1 for row in csv.reader(fh) if row) - 1)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, C)`` uint8 -> ``(C, H, W)`` float in [-1, 1], the one convention of every network here;
     a batch ``(N, H, W, C)`` gives ``(N, C, H, W)``. A read-only input (a decoded cache) is copied

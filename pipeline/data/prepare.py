@@ -1,6 +1,7 @@
-"""prepare: turn any supported input into the canonical layout of four splits.
+"""prepare: turn any supported input into the canonical layout of six splits.
 
-``<out>/source/{train,val}``, ``<out>/target/{train,test}``, each a folder of PNGs plus
+``<out>/source/{train,val}``, ``<out>/target/{train,test}`` and ``<out>/target/{labelled,pick}`` (a few
+labelled real images to train and to choose with: empty unless the user gives them), each a folder of PNGs plus
 ``manifest.csv`` and a ``LABEL_ORIGIN`` mark (:func:`label_origin_of`). Everything is written into a
 temporary folder that replaces ``<out>`` only when every image has been decoded and written, so a failed
 or interrupted run leaves nothing half-written. A training image whose decoded pixels equal those of a
@@ -28,7 +29,9 @@ from pipeline.io import atomic_directory, image_grid, save_png, write_json
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("source/train", "source/val", "target/train", "target/test")
+CORE_SPLITS = ("source/train", "source/val", "target/train", "target/test")
+OPTIONAL_SPLITS = ("target/labelled", "target/pick")   # empty unless the user gives a few labelled real images
+SPLITS = CORE_SPLITS + OPTIONAL_SPLITS
 TEST_SPLIT = "target/test"
 
 #: One image on its way to a split: ``(image (S, S, C) uint8, class index or None, the input it came from)``.
@@ -141,8 +144,8 @@ class SplitWriter:
         if len(self.preview) < 16:
             self.preview.append(image)
 
-    def close(self) -> dict:
-        if not self.rows:
+    def close(self, optional: bool = False) -> dict:
+        if not self.rows and not optional:
             raise PrepareError(f"{self.folder.name}: split would be empty")
         self.folder.mkdir(parents=True, exist_ok=True)
         write_manifest(self.folder, self.rows)
@@ -216,6 +219,14 @@ class HeldOutGuard:
             f"remove the copies from the training data (or the images from the test set) and run prepare again")
 
 
+def write_empty_split(folder: Path) -> None:
+    """An optional split with no image (a manifest with its header only, ``LABEL_ORIGIN`` none), so that
+    every prepared layout has the same folders (DVC stages depend on them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_manifest(folder, [])
+    write_label_origin(folder, "none")
+
+
 def label_origin_of(split: str, labelled: bool) -> str:
     """The ``LABEL_ORIGIN`` of a prepared split: the source's labels are the simulator's (``synthetic``);
     a target split's are ``real`` when its images carry labels (or boxes) and ``none`` when they do not."""
@@ -266,12 +277,18 @@ def _source_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
 
 
 def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable]]:
+    """``target/train`` and ``target/test``, then ``target/labelled`` and ``target/pick`` (empty unless
+    the user gives a few labelled real images: :func:`labelled_real`)."""
     d, seed, t = params.data, params.seed, params.data.target
     if t.format == "digits":
         images, labels = real_digits(d.image_size, d.channels)
         train, test = stratified_split(labels.tolist(), t.test_fraction, seed + 1, "load_digits")
-        yield "target/train", ((images[i], int(labels[i]), f"load_digits scan {i}") for i in train)
-        yield "target/test", ((images[i], int(labels[i]), f"load_digits scan {i}") for i in test)
+        item = lambda i: (images[i], int(labels[i]), f"load_digits scan {i}")  # noqa: E731
+        yield "target/train", (item(i) for i in train)
+        yield "target/test", (item(i) for i in test)
+        fit, pick = labelled_real(params, [int(labels[i]) for i in train], "load_digits")
+        yield "target/labelled", (item(train[i]) for i in fit)
+        yield "target/pick", (item(train[i]) for i in pick)
         return
     if t.format == "folder":
         train_entries = scan_flat_folder(Path(t.root))
@@ -282,12 +299,50 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
     if t.test_root:
         test_entries = scan_labelled(t.test_root, "imagefolder" if Path(t.test_root).is_dir() else "manifest",
                                      d.classes)
-        yield "target/train", dec(train_entries)
-        yield "target/test", dec(test_entries)
-        return
-    train, test = stratified_split([e.label for e in train_entries], t.test_fraction, seed + 1, t.root)
-    yield "target/train", dec(train_entries[i] for i in train)
-    yield "target/test", dec(train_entries[i] for i in test)
+        train = list(range(len(train_entries)))
+    else:
+        train, test = stratified_split([e.label for e in train_entries], t.test_fraction, seed + 1, t.root)
+        test_entries = [train_entries[i] for i in test]
+    train_entries = [train_entries[i] for i in train]
+    yield "target/train", dec(train_entries)
+    yield "target/test", dec(test_entries)
+    if t.labelled_root:
+        root = Path(t.labelled_root)
+        pool = scan_labelled(t.labelled_root, "imagefolder" if root.is_dir() else "manifest", d.classes)
+    else:
+        pool = train_entries
+    fit, pick = labelled_real(params, [e.label for e in pool], t.labelled_root or t.root)
+    yield "target/labelled", dec(pool[i] for i in fit)
+    yield "target/pick", dec(pool[i] for i in pick)
+
+
+def labelled_real(params: Params, labels: Sequence[Optional[int]], where: str) -> tuple[list[int], list[int]]:
+    """Indices into ``labels`` of the few labelled real images, ``(fit, pick)``: ``fit`` for the variants
+    that train on them (``target/labelled``), ``pick`` kept for the report to choose a variant with
+    (``target/pick``). With ``data.target.labelled_per_class: k`` (``labels``: the real training split's),
+    ``k`` images per class are drawn, seeded; with ``labelled_root`` (``labels``: its own), all of them.
+    Per class, ``floor(pick_fraction * n)`` go to ``pick`` (k = 5: 2, so 3 per class train), at most
+    ``n - 1``. Both empty when the user gives no labelled real images."""
+    t, seed = params.data.target, params.seed
+    if not (t.labelled_per_class or t.labelled_root):
+        return [], []
+    if any(label is None for label in labels):
+        raise PrepareError(f"data.target.labelled_per_class: {where}: the real training images have no labels to "
+                           f"draw from; give data.target.labelled_root (a few labelled real images) instead")
+    rng = np.random.default_rng(seed + 2)
+    labels = np.asarray(labels)
+    fit, pick = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if t.labelled_per_class:
+            if len(idx) < t.labelled_per_class:
+                raise PrepareError(f"data.target.labelled_per_class: {where}: class {params.data.classes[int(c)]!r} has "
+                                   f"{len(idx)} real training image(s), fewer than the {t.labelled_per_class} asked for")
+            idx = idx[:t.labelled_per_class]
+        n_pick = min(int(t.pick_fraction * len(idx)), len(idx) - 1)
+        pick += idx[:n_pick].tolist()
+        fit += idx[n_pick:].tolist()
+    return sorted(fit), sorted(pick)
 
 
 def match_polarity(params: Params) -> dict:
@@ -314,7 +369,7 @@ def heldout_first(splits: Iterable[tuple]) -> list[tuple]:
 
 def prepare(params: Params, out_dir: str | Path,
             provenance: Optional[dict] = None) -> tuple[dict, np.ndarray]:
-    """Write the four canonical splits into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``.
+    """Write the six canonical splits into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``.
 
     ``provenance``, when given, is written as ``provenance.json`` inside the folder before it appears.
     Returns per-split statistics (with ``heldout_duplicates``, 0: a training image that copies a test
@@ -336,14 +391,14 @@ def prepare(params: Params, out_dir: str | Path,
                 guard.record(split, image, name)
                 writer.add(image, label)
                 labels.append(label)
-            stats["splits"][split] = writer.close()
+            stats["splits"][split] = writer.close(optional=split in OPTIONAL_SPLITS)
             stats["splits"][split]["_labels"] = labels
             previews[split] = writer.preview
             write_label_origin(tmp / split, label_origin_of(split, any(label is not None for label in labels)))
         stats["heldout_duplicates"] = guard.verdict()
         stats["splits"] = {split: stats["splits"][split] for split in SPLITS}
         source_labels = stats["splits"]["source/train"]["_labels"] + stats["splits"]["source/val"]["_labels"]
-        for split in ("target/train", "target/test"):
+        for split in ("target/train", "target/test", *OPTIONAL_SPLITS):
             _check_target_classes(source_labels, stats["splits"][split]["_labels"], d.classes, split)
         (tmp / "target/test" / HELDOUT_MARKER).write_text(
             "Held-out real test split: its labels are read only by the evaluate stage.\n")

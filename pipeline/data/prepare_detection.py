@@ -32,7 +32,8 @@ from pipeline.config import Params
 from pipeline.data.coco import BoxImage, CocoError, read_coco, resize_boxes, write_detection_split
 from pipeline.data.images import BadImageError, load_image, upright_size
 from pipeline.data.manifest import HELDOUT_MARKER, write_label_origin
-from pipeline.data.prepare import SPLITS, HeldOutGuard, PrepareError, heldout_first, label_origin_of, scan_flat_folder
+from pipeline.data.prepare import (CORE_SPLITS, OPTIONAL_SPLITS, HeldOutGuard, PrepareError, heldout_first, label_origin_of,
+                                   scan_flat_folder, write_empty_split)
 from pipeline.io import atomic_directory, image_grid, write_json
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, scale: int = 3) -> np.ndarr
 
 def prepare_detection(params: Params, out_dir: str | Path,
                       provenance: Optional[dict] = None) -> tuple[dict, np.ndarray]:
-    """Write the four detection splits into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``;
+    """Write the four detection splits (and the two optional ones of classification, empty) into ``out_dir`` atomically, each with its ``LABEL_ORIGIN``;
     ``provenance.json`` inside it when ``provenance`` is given; per-split statistics (with
     ``heldout_duplicates``, 0: a training copy of a test image is refused)
     and a preview grid with the boxes (row 1: source/train, row 2: target/train)."""
@@ -198,7 +199,9 @@ def prepare_detection(params: Params, out_dir: str | Path,
             stats["splits"][split] = {**recorder.stats(), "labelled": labelled}
             previews[split] = recorder.preview
         stats["heldout_duplicates"] = guard.verdict()
-        stats["splits"] = {split: stats["splits"][split] for split in SPLITS}
+        stats["splits"] = {split: stats["splits"][split] for split in CORE_SPLITS}
+        for split in OPTIONAL_SPLITS:      # labelled real images are for classification: empty here
+            write_empty_split(tmp / split)
         missing = [c for c in d.classes if c not in stats["splits"]["source/train"]["per_class"]]
         if missing:
             raise PrepareError(f"source/train: class(es) {missing} of data.classes have no annotated object")

@@ -51,6 +51,8 @@ class StepBatch:
     y: Any                                                       # their labels: class indices (N,) or box dicts
     target: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> unlabelled real images
     source: dict[str, torch.Tensor] = field(default_factory=dict)  # view name -> other views of ``x`` (same rows)
+    labelled_real: Optional[tuple[torch.Tensor, torch.Tensor]] = None   # a few labelled real images and their
+                                                 # classes, augmented as ``x`` (variants with labelled_batch > 0)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     kinds: ClassVar[tuple[str, ...]] = ("classification", "detection")   # task kinds it supports
+    reads_labelled_real: ClassVar[bool] = False   # uses StepBatch.labelled_real (a variant's labelled_batch > 0)
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.params, self.ctx = params, ctx
@@ -94,11 +97,12 @@ class Method:
         """Extra trainable modules (plain, unwrapped): optimised with the model, checkpointed."""
         return {}
 
-    def before_step(self, net: nn.Module, step: int, real: Optional[Any]) -> None:
+    def before_step(self, net: nn.Module, step: int, real: Optional[Any], labelled: Optional[Any] = None) -> None:
         """Called before each step's loss with the number of steps done and a fixed sample of the
         unaugmented real training images (a Dataset of at most the loop's ``REAL_SAMPLE`` images, the
         same every step; None when the method asked for no views): for state computed over the real
-        set, such as refreshed cluster centroids. Default: nothing."""
+        set, such as refreshed cluster centroids. ``labelled``: the few labelled real images,
+        unaugmented, with their classes (None unless the variant reads them). Default: nothing."""
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
         """The loss of one step; ``progress`` in [0, 1) is the share of training done."""

@@ -41,6 +41,13 @@ as 2 by the supervised start 26 times in 125, all ended taught as 2s. Dev reads 
 labels), predictions -> source: imbalanced 0.554 -> 0.711, camera 0.500 -> 0.587, fonts 0.714 -> 0.876,
 builtin 0.886 -> 0.836 (there the real 9s go to the renders' 3s).
 
+With a few labelled real images (a variant's ``labelled_batch > 0``, :class:`StepBatch` ``labelled_real``)
+they join every step's labelled batch (``CE`` above over ``[x_s, x_r]``), and at each refresh they
+anchor the clusters (seeded and constrained k-means, Basu, Banerjee & Mooney 2002): a class's seed is
+the mean of its labelled real images' features, and those images stay in their own class's cluster
+through the updates. Naming each cluster by its labelled members is what the label-free seeds get
+wrong when a real class sits nearer another class's renders.
+
 A real image's pseudo-label is then the class of the centroid nearest its weak view's features,
 ``argmax_k cos(f(t_w), c_k)``, which uses where the *other* real images lie rather than only the
 model's reading of this one; the confidence mask still decides which images are taught. On the
@@ -132,6 +139,7 @@ def pseudo_boxes(detections: dict[str, torch.Tensor], threshold: float,
 class SelfTraining(Method):
     name = "self_training"
     Params = SelfTrainingParams
+    reads_labelled_real = True
 
     def __init__(self, params: SelfTrainingParams, ctx: MethodContext):
         super().__init__(params, ctx)
@@ -143,8 +151,9 @@ class SelfTraining(Method):
     def uses_clusters(self) -> bool:
         return self.params.pseudo_labels == "cluster" and self.ctx.kind.name != "detection"
 
-    def before_step(self, net: nn.Module, step: int, real: Optional[Any]) -> None:
-        """Recluster the real images every ``refresh`` steps (and when resumed without centroids)."""
+    def before_step(self, net: nn.Module, step: int, real: Optional[Any], labelled: Optional[Any] = None) -> None:
+        """Recluster the real images every ``refresh`` steps (and when resumed without centroids); with
+        ``labelled`` real images, they anchor the clusters (:func:`~pipeline.task.clustering.cluster_labels`)."""
         if not self.uses_clusters or real is None:
             return
         if step % self.params.refresh == 0 or self.centroids is None:
@@ -153,8 +162,12 @@ class SelfTraining(Method):
             features, probs = features_and_probs(net, real, self.ctx.device)
             seen = bool((self.source_means.norm(dim=1) > 0).all())     # every class has a (unit) mean
             init = self.source_means.cpu() if self.params.seeds == "source" and seen else None
+            anchors = None
+            if labelled is not None:
+                anchor_features, _ = features_and_probs(net, labelled, self.ctx.device)
+                anchors = (anchor_features, torch.tensor(labelled.targets()))
             _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment,
-                                          init=init)
+                                          init=init, anchors=anchors)
             self.centroids = centroids.to(self.ctx.device)
 
     @classmethod
@@ -174,10 +187,13 @@ class SelfTraining(Method):
             return self.detection_loss(net, batch, progress)
         weak, strong = batch.target["weak"], batch.target["strong"]
         source_weak = batch.source["weak"][:len(weak)]
-        n, k, m = len(batch.x), len(source_weak), len(weak)
-        features, logits = net(torch.cat([batch.x, source_weak, weak, strong]))
+        x, y = batch.x, batch.y
+        if batch.labelled_real is not None:       # a few labelled real images: one more labelled batch
+            x, y = torch.cat([x, batch.labelled_real[0]]), torch.cat([y, batch.labelled_real[1]])
+        n, k, m = len(x), len(source_weak), len(weak)
+        features, logits = net(torch.cat([x, source_weak, weak, strong]))
         source, weak_logits, strong_logits = logits[:n + k], logits[n + k:n + k + m], logits[n + k + m:]
-        ce = F.cross_entropy(source, torch.cat([batch.y, batch.y[:k]]))
+        ce = F.cross_entropy(source, torch.cat([y, batch.y[:k]]))
         with torch.no_grad():
             probs = weak_logits.float().softmax(1)
             if self.params.alignment:
@@ -193,7 +209,7 @@ class SelfTraining(Method):
                 pseudo = (weak_features @ self.centroids.t()).argmax(1)
         unlabelled = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
-        return StepOutput(ce + mu * unlabelled, source[:n], {"task": ce, "unlabelled": unlabelled},
+        return StepOutput(ce + mu * unlabelled, source[:len(batch.x)], {"task": ce, "unlabelled": unlabelled},
                           {"mask_rate": float(mask.mean()), "threshold": float(tau), "unlabelled_weight": mu})
 
     def update_source_means(self, features: torch.Tensor, labels: torch.Tensor) -> None:

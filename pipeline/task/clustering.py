@@ -36,27 +36,41 @@ def align_distribution(probs: torch.Tensor, running_mean: torch.Tensor) -> torch
 
 
 def cluster_labels(features: torch.Tensor, probs: torch.Tensor, iterations: int = 5, align: bool = True,
-                   init: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   init: Optional[torch.Tensor] = None,
+                   anchors: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels (N,), centroids (K, D))`` by the formulas of the module docstring.
 
     ``features`` ``(N, D)`` need not be normalised; ``probs`` ``(N, K)`` seed the ``K`` centroids, aligned
     to a uniform class prior first unless ``align`` is False. ``init`` ``(K, D)``, when given, are the
     seeds instead (e.g. the labelled renders' class means, as CAN seeds its target clusters).
-    ``iterations`` hard updates follow the soft seeding (0: assign to the soft seeds). A class no image
-    is assigned to keeps its previous centroid, so every class stays a candidate.
+    ``anchors`` ``(features (M, D), classes (M,))``: labelled images of the clustered domain (seeded
+    and constrained k-means, Basu et al. 2002): a class they hold is seeded by their normalised mean
+    (over ``init``), and each stays assigned to its own class in every update:
+
+        c_k = normalise( sum_{i: l_i = k} f_i + sum_{j: y_j = k} a_j )
+
+    ``iterations`` hard updates follow the seeding (0: assign to the seeds). A class no image is
+    assigned to keeps its previous centroid, so every class stays a candidate.
     """
     if features.ndim != 2 or probs.ndim != 2 or len(features) != len(probs):
         raise ValueError(f"cluster_labels: expected features (N, D) and probs (N, K), got "
                          f"{tuple(features.shape)} and {tuple(probs.shape)}")
     f = F.normalize(features.float(), dim=1)
+    k = probs.shape[1]
     if init is not None:
         centroids = F.normalize(init.float(), dim=1)
     else:
         seeds = align_distribution(probs.float(), probs.float().mean(0)) if align else probs.float()
         centroids = F.normalize(seeds.t() @ f, dim=1)
+    anchor_sums = torch.zeros_like(centroids)
+    if anchors is not None:
+        a, y = F.normalize(anchors[0].float(), dim=1), anchors[1].long()
+        anchor_sums = F.one_hot(y, k).float().t() @ a
+        held = anchor_sums.norm(dim=1) > 0
+        centroids = torch.where(held[:, None], F.normalize(anchor_sums, dim=1), centroids)
     labels = (f @ centroids.t()).argmax(1)
     for _ in range(iterations):
-        sums = F.one_hot(labels, probs.shape[1]).float().t() @ f
+        sums = F.one_hot(labels, k).float().t() @ f + anchor_sums
         filled = sums.norm(dim=1) > 0
         centroids = torch.where(filled[:, None], F.normalize(sums, dim=1), centroids)
         labels = (f @ centroids.t()).argmax(1)

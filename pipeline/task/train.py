@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 from pipeline import methods
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import ConfigError, Params
-from pipeline.data.manifest import Views, label_origin, preload_within
+from pipeline.data.manifest import Views, label_origin, manifest_rows, preload_within
 from pipeline.data.sampling import DomainSampler, subsample
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 PREPARED = Path("data/prepared")
 SOURCE_VAL = "source/val"
 TARGET_TRAIN = "target/train"
+TARGET_LABELLED = "target/labelled"   # a few labelled real images a variant may train on (labelled_batch > 0)
+TARGET_PICK = "target/pick"           # labelled real images no variant trains on: the report chooses with them
 FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task")
 COLLAPSE_RATIO = 0.5      # a final source-val accuracy below half the best means the run destroyed what it learned
 REAL_SAMPLE = 2048        # real images that clustering, AdaBN and the prototype head read (a fixed, seeded sample
@@ -103,11 +105,14 @@ def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | P
 
 
 def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> Optional[bool]:
-    """Whether the variant learns from, or is selected on, labels of real images: True when its train or
-    val folder is marked ``real`` (:data:`~pipeline.data.manifest.LABEL_ORIGIN_FILE`, which prepare writes
-    into every split and translate and copies carry along, so a copy or a translation of labelled real
-    images still counts, wherever it lies); None when a folder has no mark (unknown: the report never
-    picks such a variant); else False."""
+    """Whether the variant learns from, or is selected on, labels of real images: True when it reads the
+    few labelled real images (``labelled_batch > 0``) or its train or val folder is marked ``real``
+    (:data:`~pipeline.data.manifest.LABEL_ORIGIN_FILE`, which prepare writes into every split and
+    translate and copies carry along, so a copy or a translation of labelled real images still counts,
+    wherever it lies); None when a folder has no mark (unknown: the report never picks such a variant);
+    else False."""
+    if params.variant(variant).labelled_batch:
+        return True
     origins = [label_origin(folder) for folder in (params.variant(variant).train, val_folder(params, variant, prepared))]
     if "real" in origins:
         return True
@@ -117,6 +122,14 @@ def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREP
 # ------------------------------------------------------------------------------------------------
 # Schedules and optimiser
 # ------------------------------------------------------------------------------------------------
+
+
+def few_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> bool:
+    """True when the only real labels the variant reads are the few of ``target/labelled``: it may be
+    chosen (with labels to choose by), unlike the oracle, which needs every real training label."""
+    v = params.variant(variant)
+    origins = [label_origin(folder) for folder in (v.train, val_folder(params, variant, prepared))]
+    return bool(v.labelled_batch) and "real" not in origins
 
 
 def variant_steps(params: Params, variant: str) -> int:
@@ -158,11 +171,15 @@ class TrainData:
     target: Optional[Views]            # the method's views of the unlabelled real images, or None
     augments: list                     # every pipeline in use (reseeded each round)
     real_sample: Optional[Dataset] = None   # at most REAL_SAMPLE of the real images, unaugmented (None: no views)
+    labelled_real: Optional[Dataset] = None   # the few labelled real images, augmented as ``labelled`` (labelled_batch > 0)
+    labelled_real_plain: Optional[Dataset] = None   # the same, unaugmented (methods anchor on them)
+    pick: Optional[Dataset] = None     # labelled real images kept for the report's choice (target/pick), unaugmented
+    labelled_batch: int = 0            # labelled real images per step (the variant's labelled_batch)
 
     @property
     def folders(self) -> list[Path]:
-        return [s.folder for s in (self.labelled, self.val, self.target.images if self.target else None)
-                if s is not None]
+        return [s.folder for s in (self.labelled, self.val, self.target.images if self.target else None,
+                                   self.labelled_real, self.pick) if s is not None]
 
 
 def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) -> Method:
@@ -207,11 +224,17 @@ def load_data(params: Params, variant: str, method: Method, prepared: str | Path
             name = name or v.augment
             views[view] = kind.view_transform(pipeline(name), params.augment[name], params.seed, f"augment.{name}")
         target = Views(real, views)
-    preload_within((getattr(labelled, "images", labelled), val, target.images if target else None),
+    few = plain = None
+    if v.labelled_batch:
+        few = kind.dataset(Path(prepared) / TARGET_LABELLED, params, transform=pipeline(None))
+        plain = kind.dataset(Path(prepared) / TARGET_LABELLED, params)
+    pick = Path(prepared) / TARGET_PICK
+    pick = kind.dataset(pick, params) if manifest_rows(pick) else None
+    preload_within((getattr(labelled, "images", labelled), val, target.images if target else None, few, plain, pick),
                    d.preload_mb * 2**20)
     in_use = {id(a): a for a in [*pipelines.values(), *views.values()] if a is not None}
     sample = subsample(target.images, REAL_SAMPLE, params.seed) if target is not None else None
-    return TrainData(labelled, val, target, list(in_use.values()), sample)
+    return TrainData(labelled, val, target, list(in_use.values()), sample, few, plain, pick, v.labelled_batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,6 +281,7 @@ class RoundTotals:
 class Samplers:
     labelled: DomainSampler
     target: Optional[DomainSampler]
+    labelled_real: Optional[DomainSampler] = None
 
 
 def make_samplers(params: Params, data: TrainData, method: Method, rt: Runtime) -> Samplers:
@@ -272,7 +296,12 @@ def make_samplers(params: Params, data: TrainData, method: Method, rt: Runtime) 
         size = method.target_batch_size(task.batch_size)
         size += (-size) % rt.world_size
         target = DomainSampler(data.target, "target", size, task.eval_every, params.seed, rt.rank, rt.world_size)
-    return Samplers(labelled, target)
+    few = None
+    if data.labelled_real is not None:
+        size = data.labelled_batch + (-data.labelled_batch) % rt.world_size
+        few = DomainSampler(data.labelled_real, "labelled_real", size, task.eval_every, params.seed, rt.rank,
+                            rt.world_size, collate)
+    return Samplers(labelled, target, few)
 
 
 def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer, data: TrainData,
@@ -289,6 +318,7 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         augment.reseed(derive_seed(params.seed, rnd, _AUGMENT, rt.rank))
     labelled_idx = samplers.labelled.epoch_indices(rnd)
     target_idx = samplers.target.epoch_indices(rnd) if samplers.target is not None else None
+    few_idx = samplers.labelled_real.epoch_indices(rnd) if samplers.labelled_real is not None else None
     views, source_views = list(method.target_views()), list(method.source_views())
     net.train()
     totals, lr, started = RoundTotals(), 0.0, time.perf_counter()
@@ -306,8 +336,12 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         if target_idx is not None:
             stacked, _ = samplers.target.load(target_idx[i])
             target = {view: stacked[:, k].to(rt.device) for k, view in enumerate(views)}
-        method.before_step(net, run.step, data.real_sample)
-        out = method.loss(net, StepBatch(x.to(rt.device), y, target, source), p)
+        few = None
+        if few_idx is not None:
+            x_r, y_r = samplers.labelled_real.load(few_idx[i])
+            few = (x_r.to(rt.device), y_r.to(rt.device))
+        method.before_step(net, run.step, data.real_sample, data.labelled_real_plain)
+        out = method.loss(net, StepBatch(x.to(rt.device), y, target, source, few), p)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -449,6 +483,7 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
         log.warning("%s: %s", variant, warning)
     result = _result(params, variant, run, model, prepared, [warning] if warning else [])
     result.modules = method.modules()
+    result.metrics["labelled_real_images"] = len(data.labelled_real) if data.labelled_real is not None else 0
     if rt.is_main:
         real = _real_images(data, params, prepared)
         if v.target_bn:
@@ -462,6 +497,9 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
                 kind.network(result.model), classifier_layer(result.model), real)
             log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
                      ", ".join(f"{k} {val:.3f}" for k, val in result.metrics["target_head_stats"].items()))
+        if data.pick is not None:       # labelled real images no variant trained on: the report may choose by them
+            result.metrics["labelled_pick"] = {"accuracy": kind.val_score(result.model, data.pick, rt.device),
+                                               "images": len(data.pick)}
         scores = kind.label_free(result.model, real, data.val, rt.device, params.seed)
         predicted = scores.pop("target_predicted", None)    # the report compares variants' predictions
         result.metrics["label_free"] = scores
@@ -490,12 +528,13 @@ def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepa
     selected.eval()
     v, last = params.variant(variant), run.history[-1]
     target_labels = uses_target_labels(params, variant, prepared)
+    few = few_target_labels(params, variant, prepared)
     meta = {"kind": params.task.kind, "classes": list(params.data.classes), "image_size": params.data.image_size,
             "channels": params.data.channels, "variant": variant, "method": v.method,
-            "selected_epoch": run.best_epoch, "uses_target_labels": target_labels,
+            "selected_epoch": run.best_epoch, "uses_target_labels": target_labels, "few_target_labels": few,
             "params_hash": params_hash(params, variant)}
     metrics = {
-        "variant": variant, "method": v.method, "uses_target_labels": target_labels,
+        "variant": variant, "method": v.method, "uses_target_labels": target_labels, "few_target_labels": few,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
         "selected_source_val_acc": run.best_val_acc, "val": val_folder(params, variant, prepared).as_posix(),
         "warnings": warnings, "target_bn": v.target_bn,
@@ -516,6 +555,7 @@ def export_task_model(result: TrainResult, folder: str | Path, tracker) -> Path:
     path = Path(folder) / "model.pt"
     save_task_model(path, result.model, result.meta)
     tracker.set_tags({"stage": "train_task", "variant": result.meta["variant"], "method": result.meta["method"],
-                      "uses_target_labels": result.meta["uses_target_labels"]})
+                      "uses_target_labels": result.meta["uses_target_labels"],
+                      "few_target_labels": result.meta.get("few_target_labels", False)})
     tracker.log_model(task_model_spec(path, result.meta), f"task_{result.meta['variant']}")
     return path
