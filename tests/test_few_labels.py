@@ -303,3 +303,14 @@ def test_dvc_repro_with_a_few_labels_flows_from_prepare_to_the_pick(tmp_path, de
     assert pick["variant"] in ("source_only", "few_labels") and pick["estimate"]["images"] == 10
     md = (repo / "reports/summary.md").read_text()
     assert "| few |" in md and "Choosing with a few labelled real images" in md
+
+
+def test_a_labelled_folder_beside_the_built_in_scenario(tmp_path, tiny_raw):
+    few = tmp_path / "few"
+    rng = np.random.default_rng(3)
+    for k in range(10):
+        for i in range(2):
+            save_png(rng.integers(0, 255, (16, 16, 1), dtype=np.uint8), few / str(k) / f"{i}.png")
+    raw = deep_update(tiny_raw, {"data": {"target": {"labelled_root": str(few), "pick_fraction": 0.5}}})
+    stats, _ = prepare(parse_params(raw), tmp_path / "out")
+    assert stats["splits"]["target/labelled"]["count"] == 10 and stats["splits"]["target/pick"]["count"] == 10

@@ -286,6 +286,9 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
         item = lambda i: (images[i], int(labels[i]), f"load_digits scan {i}")  # noqa: E731
         yield "target/train", (item(i) for i in train)
         yield "target/test", (item(i) for i in test)
+        if t.labelled_root:
+            yield from _labelled_root_splits(params, dec)
+            return
         fit, pick = labelled_real(params, [int(labels[i]) for i in train], "load_digits")
         yield "target/labelled", (item(train[i]) for i in fit)
         yield "target/pick", (item(train[i]) for i in pick)
@@ -307,11 +310,19 @@ def _target_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable
     yield "target/train", dec(train_entries)
     yield "target/test", dec(test_entries)
     if t.labelled_root:
-        root = Path(t.labelled_root)
-        pool = scan_labelled(t.labelled_root, "imagefolder" if root.is_dir() else "manifest", d.classes)
-    else:
-        pool = train_entries
-    fit, pick = labelled_real(params, [e.label for e in pool], t.labelled_root or t.root)
+        yield from _labelled_root_splits(params, dec)
+        return
+    fit, pick = labelled_real(params, [e.label for e in train_entries], t.root)
+    yield "target/labelled", dec(train_entries[i] for i in fit)
+    yield "target/pick", dec(train_entries[i] for i in pick)
+
+
+def _labelled_root_splits(params: Params, dec: Decoder) -> Iterator[tuple[str, Iterable]]:
+    """``target/labelled`` and ``target/pick`` from ``data.target.labelled_root`` (an imagefolder folder or
+    a manifest CSV of a few labelled real images), whatever the target's own format."""
+    root, classes = params.data.target.labelled_root, params.data.classes
+    pool = scan_labelled(root, "imagefolder" if Path(root).is_dir() else "manifest", classes)
+    fit, pick = labelled_real(params, [e.label for e in pool], root)
     yield "target/labelled", dec(pool[i] for i in fit)
     yield "target/pick", dec(pool[i] for i in pick)
 
