@@ -230,6 +230,8 @@ def test_the_labelled_pick_takes_the_best_candidate_never_the_oracle():
     variant, reason = choose(rows, 10)
     assert variant == "few_st" and "1 trained on the few labelled real images" in reason
     assert choose_by_labels([_row("a", None), _row("b", None)]) is None
+    tied = [_row("randomized", 0.225, im=3.0), _row("few_labels", 0.225, uses=True, few=True, im=0.5)]
+    assert choose_by_labels(tied)[0] == "few_labels"                 # a tie goes to the one trained on real labels
 
 
 def test_the_report_picks_by_labels_and_marks_few_label_variants(tmp_path):
