@@ -294,7 +294,9 @@ def test_dvc_repro_with_a_few_labels_flows_from_prepare_to_the_pick(tmp_path, de
                                       "labelled_batch": 8},
                        "target_oracle": raw["variants"]["target_oracle"]}
     repo = make_project_copy(tmp_path / "repo", raw)
-    run = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=dvc_env(),
+    env = {**dvc_env(), "SIM2REAL_TRACKING": "on"}                  # as a user runs it: MLflow on
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     stats = json.loads((repo / "reports/prepare/stats.json").read_text())["splits"]
@@ -305,6 +307,15 @@ def test_dvc_repro_with_a_few_labels_flows_from_prepare_to_the_pick(tmp_path, de
     assert pick["variant"] in ("source_only", "few_labels") and pick["estimate"]["images"] == 10
     md = (repo / "reports/summary.md").read_text()
     assert "| few |" in md and "Choosing with a few labelled real images" in md
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = {r.info.run_name: r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])}
+    tags = runs["train_task@few_labels"].data.tags
+    assert tags["uses_target_labels"] == "True" and tags["few_target_labels"] == "True"
+    assert runs["train_task@source_only"].data.tags["few_target_labels"] == "False"
+    assert runs["report"].data.tags["sim2real.pick"] == pick["variant"]
 
 
 def test_a_labelled_folder_beside_the_built_in_scenario(tmp_path, tiny_raw):
