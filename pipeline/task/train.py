@@ -113,23 +113,26 @@ def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREP
     else False."""
     if params.variant(variant).labelled_batch:
         return True
-    origins = [label_origin(folder) for folder in (params.variant(variant).train, val_folder(params, variant, prepared))]
+    origins = _label_origins(params, variant, prepared)
     if "real" in origins:
         return True
     return None if None in origins else False
 
 
-# ------------------------------------------------------------------------------------------------
-# Schedules and optimiser
-# ------------------------------------------------------------------------------------------------
-
-
 def few_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> bool:
     """True when the only real labels the variant reads are the few of ``target/labelled``: it may be
     chosen (with labels to choose by), unlike the oracle, which needs every real training label."""
-    v = params.variant(variant)
-    origins = [label_origin(folder) for folder in (v.train, val_folder(params, variant, prepared))]
-    return bool(v.labelled_batch) and "real" not in origins
+    return bool(params.variant(variant).labelled_batch) and "real" not in _label_origins(params, variant, prepared)
+
+
+def _label_origins(params: Params, variant: str, prepared: str | Path) -> list[Optional[str]]:
+    """The ``LABEL_ORIGIN`` marks of the variant's train and val folders."""
+    return [label_origin(folder) for folder in (params.variant(variant).train, val_folder(params, variant, prepared))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules and optimiser
+# ------------------------------------------------------------------------------------------------
 
 
 def variant_steps(params: Params, variant: str) -> int:
