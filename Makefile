@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sim2real-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast ui bench seeds ablate scenarios pick-rules
+.PHONY: setup repro test test-fast ui bench seeds ablate ablate-family scenarios pick-rules
 
 # The install silences setuptools' "Editable installation" notice (about folders named like the
 # package) by its message only; every other build warning still shows.
@@ -42,6 +42,13 @@ seeds: $(STAMP)
 
 ablate: $(STAMP)
 	$(BIN)/python scripts/ablate_gan.py
+
+# The translation family (issue 23) against the default CycleGAN on three scenarios, a dev read on their
+# real training labels (docs/results.md; about 80 minutes on 2 cores; not CI).
+FAMILY_SCENARIOS = builtin grey photo
+ablate-family: $(STAMP)
+	$(BIN)/python scripts/scenarios.py --only $(FAMILY_SCENARIOS) --stage train_task@source_only
+	$(BIN)/python scripts/ablate_gan.py --family --dev-read --workspace $(addprefix runs/scenarios/,$(FAMILY_SCENARIOS))
 
 # The scenario suite (scripts/make_scenario.py): the default pipeline on seven scenarios, one workspace
 # each under runs/scenarios/, then runs/scenarios/scorecard.md (about two hours on 2 cores; not CI).

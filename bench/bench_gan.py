@@ -7,7 +7,11 @@ moment of the machine hits all of them alike); each round times ``--iters`` iter
                           (:class:`pipeline.gan.reference.ReferenceCycleGan`, balancing weights 0);
 * ``ours plain``          :class:`pipeline.gan.trainer.CycleGan` with the same weights;
 * ``textbook + balance``  the reference with every balancing term (similarity, task, Lipschitz);
-* ``ours all terms``      ``CycleGan.train_step`` with every term: what ``train_gan`` runs.
+* ``ours all terms``      ``CycleGan.train_step`` with every term: what ``train_gan`` runs;
+* ``ours one-sided``      the same with ``gan.structure: one_sided`` (G and D_real only; the
+                          adversarial, identity, similarity, task and Lipschitz terms, no cycle):
+                          the SimGAN refiner, with the same G. Its ratio to ``ours all terms`` is
+                          printed below the table.
 
 Both sides use the same network classes and start from the same weights; images/s counts source
 images; the ratio column is against ``textbook``. Translation compares the textbook inference (one
@@ -48,19 +52,22 @@ from pipeline.task.models import build_task_model
 PLAIN = {"similarity": 0.0, "task": 0.0, "lipschitz": 0.0}
 
 
-def gan_params(args: argparse.Namespace, weights: dict[str, float]) -> GanParams:
+ONE_SIDED = {"cycle": 0.0}
+
+
+def gan_params(args: argparse.Namespace, weights: dict[str, float], structure: str = "cycle") -> GanParams:
     return GanParams(generator=GeneratorParams(args.width, args.blocks, args.downsamplings),
                      discriminator=DiscriminatorParams(args.width, args.layers), batch_size=args.batch,
                      weights=dataclasses.replace(LossWeights(), **weights), amp=args.amp,
-                     channels_last=args.channels_last, compile=args.compile)
+                     channels_last=args.channels_last, compile=args.compile, structure=structure)
 
 
 def our_model(args: argparse.Namespace, weights: dict[str, float], device: torch.device,
-              classes: int = 10) -> CycleGan:
+              classes: int = 10, structure: str = "cycle") -> CycleGan:
     """``CycleGan`` as the stage builds it, with a fresh SmallCNN as T (seeded: same weights every call)."""
     torch.manual_seed(0)
     task = build_task_model("small_cnn", args.channels, classes, width=args.task_width)
-    gan = gan_params(args, weights)
+    gan = gan_params(args, weights, structure)
     return CycleGan(gan, args.channels, task, Precision(device, gan.amp, gan.channels_last), seed=0)
 
 
@@ -78,7 +85,9 @@ def training_workloads(args: argparse.Namespace, device: torch.device) -> dict[s
         name = "textbook" if suffix == "plain" else "textbook + balance"
         workloads[name] = lambda r=reference: r.train_step(x, labels, y)
         workloads[f"ours {suffix}"] = lambda o=ours: o.train_step(x, labels, y)
-    order = ["textbook", "ours plain", "textbook + balance", "ours all terms"]
+    one_sided = our_model(args, ONE_SIDED, device, structure="one_sided")
+    workloads["ours one-sided"] = lambda: one_sided.train_step(x, labels, y)
+    order = ["textbook", "ours plain", "textbook + balance", "ours all terms", "ours one-sided"]
     if args.prepared:
         workloads["ours, stage data"] = stage_data_workload(args, device)
         order.append("ours, stage data")
@@ -200,6 +209,8 @@ def main() -> None:
     textbook, textbook_balanced = (args.batch / statistics.median(samples[k]) for k in ("textbook", "textbook + balance"))
     print(f"ours all terms / textbook + balance: {balanced / textbook_balanced:.2f}x;  "
           f"cost of the balancing terms: ours {plain / balanced - 1:+.0%}, textbook {textbook / textbook_balanced - 1:+.0%}")
+    one_sided = args.batch / statistics.median(samples["ours one-sided"])
+    print(f"ours one-sided / ours all terms (same G, two-sided): {one_sided / balanced:.2f}x")
     if not args.skip_translation:
         samples = interleaved(translation_workloads(args, device), args.rounds, 1, 1, device)
         print_table("translate", samples, args.translate_batch, "textbook (1 per call)")

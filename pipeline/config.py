@@ -114,6 +114,10 @@ class LossWeights:
     similarity: float = 1.0
     task: float = 1.0
     lipschitz: float = 10.0
+    constancy: float = 0.0       # DTN f-constancy on the frozen task model's features
+    perceptual: float = 0.0      # feature reconstruction on the frozen task model's maps
+    distance: float = 0.0        # DistanceGAN: pairwise distances kept
+    self_distance: float = 0.0   # DistanceGAN: left/right half distance kept
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class GanParams:
     generator: GeneratorParams = field(default_factory=GeneratorParams)
     discriminator: DiscriminatorParams = field(default_factory=DiscriminatorParams)
     mode: Literal["lsgan", "vanilla"] = "lsgan"
+    structure: Literal["cycle", "one_sided"] = "cycle"
     pool_size: int = 50
     batch_size: int = 16
     epochs: int = 5
@@ -285,6 +290,11 @@ def _validate(p: Params) -> None:
     ]
     for name, value in dataclasses.asdict(p.gan.weights).items():
         checks.append((f"gan.weights.{name}", value >= 0, "a non-negative number (0 turns the term off)"))
+    checks.append(("gan.weights.cycle", p.gan.structure == "cycle" or p.gan.weights.cycle == 0,
+                   "0 with gan.structure: one_sided (it trains no F, so there is no cycle)"))
+    checks.append(("gan.batch_size", not (p.gan.weights.distance or p.gan.weights.self_distance)
+                   or p.gan.batch_size >= 3, "at least 3 with gan.weights.distance or self_distance "
+                   "(distances are standardised over the batch)"))
     for name, prob in (("italic_prob", d.render.italic_prob), ("blur_prob", d.render.blur_prob),
                        ("noise_prob", d.render.noise_prob), ("clutter_prob", d.render.clutter_prob)):
         checks.append((f"data.render.{name}", 0.0 <= prob <= 1.0, "a probability in [0, 1]"))

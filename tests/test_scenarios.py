@@ -184,3 +184,32 @@ def test_labelled_runs_get_a_table_and_a_curve_of_the_pick_against_labels(script
     path = suite.plot_labels_curve([few], {"builtin": free}, tmp_path / "curve.png")
     assert path.stat().st_size > 1000
     assert suite.plot_labels_curve([], {"builtin": free}, tmp_path / "none.png") is None
+
+
+def test_every_gan_ablation_is_a_valid_params_file_and_the_family_covers_issue_23(scripts):
+    """Each ablation of scripts/ablate_gan.py applied to params.yaml parses (a typo in a key would
+    only show after minutes of training), and the family set has the four translators."""
+    from pipeline.config import parse_params
+
+    ablate = scripts("ablate_gan")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, overrides in ablate.ABLATIONS.items():
+        changed = raw
+        for key, value in overrides.items():
+            changed = ablate.with_override(changed, key, value)
+        parse_params(changed)
+    family = {name: ablate.ABLATIONS[name] for name in ablate.FAMILY}
+    assert family["full"] == {} and family["simgan"]["gan.structure"] == "one_sided"
+    assert {"gan.weights.constancy", "gan.weights.perceptual", "gan.weights.distance"} <= \
+        {key for overrides in family.values() for key in overrides}
+
+
+def test_gan_ablation_dev_table_has_mean_and_worst(scripts):
+    ablate = scripts("ablate_gan")
+    row = {"gan/images_per_second": 10.0}
+    results = {"/w/a": {"full": {**row, ablate.DEV: 0.5}, "simgan": {**row, ablate.DEV: 0.7}},
+               "/w/b": {"full": {**row, ablate.DEV: 0.9}, "simgan": {**row, ablate.DEV: 0.6}}}
+    lines = ablate.dev_table(results).splitlines()
+    assert lines[0].startswith("| ablation | a | b | mean | worst |")
+    assert lines[2] == "| full | 0.500 | 0.900 | 0.700 | 0.500 | 10.0 |"
+    assert lines[3] == "| simgan | 0.700 | 0.600 | 0.650 | 0.600 | 10.0 |"

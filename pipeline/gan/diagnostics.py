@@ -14,6 +14,8 @@ Every number answers one question about the balance between generators and discr
 * ``task/acc_source_val`` vs ``task/acc_translated_val``: accuracy of the frozen task model on
   source/val and on its translation; a drop means G changes the digit (``task/map50_*``, its mAP@.5,
   for detection: G moves, removes or changes objects).
+* One-sided GANs (``gan.structure: one_sided``) have no F and no D_source: their ``d_source/*``
+  numbers are left out and the sample grid has four rows.
 * ``copy/l1_source_translated``: mean |x - G(x)| on source/val; near 0 means G copies its input.
 * ``gap/fd_*`` and ``gap/pad_*``: Fréchet distance and proxy A-distance to real target images in
   the task model's feature space, for G(source/val) and (baseline) raw source/val.
@@ -23,7 +25,7 @@ What a label, a score and a feature are comes from the task kind (:mod:`pipeline
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -117,15 +119,16 @@ class BalanceDiagnostics:
         return {"grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
                 "grad_norm_frac_gt1": float((norms > 1).float().mean())}
 
-    def evaluate(self, G: nn.Module, F: nn.Module, D_real: nn.Module, D_source: nn.Module) -> dict[str, float]:
-        """All diagnostics for the current (plain, unwrapped) networks; their train/eval mode is kept."""
-        modes = [(m, m.training) for m in (G, F, D_real, D_source)]
+    def evaluate(self, G: nn.Module, F: Optional[nn.Module], D_real: nn.Module,
+                 D_source: Optional[nn.Module]) -> dict[str, float]:
+        """All diagnostics for the current (plain, unwrapped) networks; their train/eval mode is kept.
+        ``F`` and ``D_source`` are None for a one-sided GAN (no ``d_source/*`` numbers then)."""
+        modes = [(m, m.training) for m in (G, F, D_real, D_source) if m is not None]
         for m, _ in modes:
             m.eval()
         try:
             with torch.no_grad():
                 translated = batched(G, self.source)
-                back = batched(F, self.real)
                 metrics = dict(self.baseline)
                 metrics[f"task/{self.kind.short_score}_translated_val"] = self.task_accuracy(translated)
                 metrics["copy/l1_source_translated"] = float(similarity_loss(self.source, translated))
@@ -133,8 +136,9 @@ class BalanceDiagnostics:
                 metrics["gap/fd_translated_real"] = frechet_distance(translated_features, self.real_features)
                 metrics["gap/pad_translated_real"] = proxy_a_distance(translated_features, self.real_features,
                                                                       seed=self.seed)
-                sides = {"d_real": (D_real, self.real, translated, self.source),
-                         "d_source": (D_source, self.source, back, self.real)}
+                sides = {"d_real": (D_real, self.real, translated, self.source)}
+                if F is not None and D_source is not None:
+                    sides["d_source"] = (D_source, self.source, batched(F, self.real), self.real)
                 for name, (critic, real, fake, _) in sides.items():
                     metrics.update({f"{name}/{k}": v for k, v in self.discriminator_accuracy(critic, real, fake).items()})
             for name, (critic, real, fake, origin) in sides.items():
@@ -145,10 +149,16 @@ class BalanceDiagnostics:
                 m.train(training)
         return metrics
 
-    def sample_grid(self, G: nn.Module, F: nn.Module, columns: int = GRID_COLUMNS, scale: int = 1) -> np.ndarray:
-        """Rows: source | G(source) | F(G(source)) | real | F(real) | G(F(real)), as one uint8 image."""
+    def sample_grid(self, G: nn.Module, F: Optional[nn.Module], columns: int = GRID_COLUMNS,
+                    scale: int = 1) -> np.ndarray:
+        """Rows: source | G(source) | F(G(source)) | real | F(real) | G(F(real)), as one uint8 image;
+        without F (one-sided): source | G(source) | real | G(real)."""
         x, y = self.source[:columns], self.real[:columns]
         with torch.no_grad():
-            gx, fy = G(x), F(y)
-            rows = [x, gx, F(gx), y, fy, G(fy)]
+            gx = G(x)
+            if F is None:
+                rows = [x, gx, y, G(y)]
+            else:
+                fy = F(y)
+                rows = [x, gx, F(gx), y, fy, G(fy)]
         return image_grid([to_uint8(r) for r in rows], scale=scale)

@@ -8,7 +8,7 @@ a discriminator / critic and ``T`` a frozen task model.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,93 @@ def similarity_loss(x: torch.Tensor, g_x: torch.Tensor) -> torch.Tensor:
                              f"{tuple(x.shape)} vs {tuple(g_x.shape)}")
         x, g_x = x.mean(dim=1, keepdim=True), g_x.mean(dim=1, keepdim=True)
     return F.l1_loss(g_x, x)
+
+
+def constancy_loss(encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   g_x: torch.Tensor) -> torch.Tensor:
+    """DTN's f-constancy (Taigman et al. 2017): mean over the batch and the D feature dimensions of
+    (f(x) - f(G(x)))^2, i.e. (1 / (N D)) * sum_i ||f(x_i) - f(G(x_i))||_2^2, with ``g_x = G(x)``.
+
+    ``f`` (``encoder``) is a fixed network returning one feature vector per image (here the frozen
+    source-only task model's penultimate features): the translated image must mean the same to it,
+    label-free. f(x) does not depend on G and is computed under ``torch.no_grad``; the caller
+    freezes f (:func:`freeze`), so only ``g_x`` receives gradients. (DTN's other term, L_TID =
+    d(y, G(y)) on real images, is :func:`identity_loss`.)
+    """
+    with torch.no_grad():
+        f_x = encoder(x)
+    f_gx = encoder(g_x)
+    _check_same_shape("constancy_loss", f_x, f_gx)
+    return F.mse_loss(f_gx, f_x)
+
+
+def perceptual_loss(layers: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Tensor,
+                    g_x: torch.Tensor) -> torch.Tensor:
+    """Perceptual similarity (Johnson et al. 2016's feature reconstruction loss) between x and G(x):
+
+        sum_j (1 / (C_j H_j W_j)) * ||phi_j(x) - phi_j(G(x))||_2^2,   averaged over the batch,
+
+    where ``phi_j`` are the maps that ``layers`` returns (shallow to deep) of a fixed network, here
+    the frozen task model (no pretrained weights can be downloaded). It asks G to keep what that
+    network sees (edges, strokes, parts) rather than every pixel: a softer cousin of
+    :func:`similarity_loss`, beside it or instead of it. phi(x) is computed under ``torch.no_grad``;
+    only ``g_x`` receives gradients once the network is frozen.
+    """
+    with torch.no_grad():
+        phi_x = list(layers(x))
+    phi_gx = list(layers(g_x))
+    if len(phi_x) != len(phi_gx) or not phi_x:
+        raise ValueError(f"perceptual_loss: expected the same non-empty list of maps for x and G(x), "
+                         f"got {len(phi_x)} and {len(phi_gx)}")
+    total = g_x.new_zeros(())
+    for a, b in zip(phi_x, phi_gx):
+        _check_same_shape("perceptual_loss", a, b)
+        total = total + F.mse_loss(b, a)
+    return total
+
+
+def _standardised(d: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(d - mean(d)) / (std(d) + eps) over all entries (population std)."""
+    return (d - d.mean()) / (d.std(unbiased=False) + eps) if d.numel() > 1 else torch.zeros_like(d)
+
+
+def pairwise_l1(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between every pair i < j of the batch: a vector of N (N - 1) / 2."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    i, j = torch.triu_indices(n, n, offset=1, device=x.device)
+    return (flat[i] - flat[j]).abs().mean(dim=1)
+
+
+def distance_loss(x: torch.Tensor, g_x: torch.Tensor) -> torch.Tensor:
+    """DistanceGAN (Benaim & Wolf 2017): G keeps the pairwise distances of the source batch,
+
+        mean_{i<j} | (d(x_i, x_j) - mu_x) / sigma_x - (d(G(x_i), G(x_j)) - mu_G) / sigma_G |,
+
+    with ``d`` the mean absolute pixel difference and mu, sigma the mean and (population) standard
+    deviation of each side's N (N - 1) / 2 distances in this batch. The paper estimates mu and sigma
+    once per domain on the training sets; batch statistics need no pass over the data and make the
+    term scale-free: G may change the contrast, not which images are alike. A one-sided constraint:
+    no F and no cycle needed. Needs a batch of at least 3 (2 images give one pair: the term is 0).
+    """
+    _check_same_shape("distance_loss", x[:, :1], g_x[:, :1])
+    return (_standardised(pairwise_l1(x)) - _standardised(pairwise_l1(g_x))).abs().mean()
+
+
+def self_distance_loss(x: torch.Tensor, g_x: torch.Tensor) -> torch.Tensor:
+    """DistanceGAN's self-distance: the distance between the left and the right half of each image,
+
+        mean_i | (d(L(x_i), R(x_i)) - mu_x) / sigma_x - (d(L(G(x_i)), R(G(x_i))) - mu_G) / sigma_G |,
+
+    ``d`` the mean absolute difference, ``L`` / ``R`` the left / right ``floor(W / 2)`` columns, mu
+    and sigma over the batch of each side. It works from one image per sample (no pairs).
+    """
+    _check_same_shape("self_distance_loss", x[:, :1], g_x[:, :1])
+
+    def halves(t: torch.Tensor) -> torch.Tensor:
+        half = t.shape[-1] // 2
+        return (t[..., :half] - t[..., t.shape[-1] - half:]).abs().flatten(1).mean(dim=1)
+    return (_standardised(halves(x)) - _standardised(halves(g_x))).abs().mean()
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -1,5 +1,8 @@
 """Balanced CycleGAN training: G (source -> real), F (real -> source), D_real and D_source.
 
+With ``gan.structure: one_sided`` only G and D_real exist (a SimGAN-style refiner: adversarial,
+self-regularisation and the other one-sided terms; no F, no D_source, no cycle).
+
 :class:`CycleGan` owns the four networks, their optimisers, schedulers and fake-image pools and
 runs one training iteration (:meth:`CycleGan.train_step`); the benchmark drives it directly.
 :class:`GanTrainer` adds seeded data sampling, per-epoch diagnostics, reports, MLflow logging and
@@ -40,8 +43,9 @@ from pipeline.data.sampling import DomainSampler
 from pipeline.distributed import Runtime, barrier, wrap
 from pipeline.gan.diagnostics import BalanceDiagnostics
 from pipeline.gan.export import GENERATOR_FILE, export_generator
-from pipeline.gan.losses import (adversarial_loss, cycle_loss, discriminator_loss, freeze, identity_loss,
-                                 lipschitz_pairs, lipschitz_penalty, similarity_loss)
+from pipeline.gan.losses import (adversarial_loss, constancy_loss, cycle_loss, discriminator_loss, distance_loss,
+                                 freeze, identity_loss, lipschitz_pairs, lipschitz_penalty, perceptual_loss,
+                                 self_distance_loss, similarity_loss)
 from pipeline.gan.networks import PatchDiscriminator, ResnetGenerator
 from pipeline.gan.pool import ImagePool
 from pipeline.guards import check_finite
@@ -59,6 +63,10 @@ GENERATOR_TERMS = {
     "identity_real": "identity", "identity_source": "identity",
     "similarity": "similarity",
     "task": "task",
+    "constancy": "constancy",
+    "perceptual": "perceptual",
+    "distance": "distance",
+    "self_distance": "self_distance",
 }
 FINGERPRINT_SECTIONS = ("seed", "data", "gan")
 TASK_MODEL_HINT = "run `dvc repro train_task@source_only` (or `python -m stages.train_task --variant source_only`) first"
@@ -92,21 +100,31 @@ def set_requires_grad(modules: Iterable[nn.Module], flag: bool) -> None:
 
 @dataclass
 class Networks:
-    """The four networks of a CycleGAN, by role."""
+    """The networks of a CycleGAN, by role; F and D_source are None in ``one_sided`` mode."""
 
-    G: nn.Module         # source -> real
-    F: nn.Module         # real -> source
-    D_real: nn.Module    # real vs G(source)
-    D_source: nn.Module  # source vs F(real)
+    G: nn.Module                         # source -> real
+    F: Optional[nn.Module] = None        # real -> source
+    D_real: Optional[nn.Module] = None   # real vs G(source)
+    D_source: Optional[nn.Module] = None  # source vs F(real)
 
     def items(self) -> list[tuple[str, nn.Module]]:
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        """(name, network) of the networks that exist, in the order G, F, D_real, D_source."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    @property
+    def two_sided(self) -> bool:
+        return self.F is not None
 
     @classmethod
     def build(cls, gan: GanParams, channels: int) -> "Networks":
+        """Built in the order G, F, D_real, D_source from the global RNG (seeded by the caller)."""
         g, d = dataclasses.asdict(gan.generator), dataclasses.asdict(gan.discriminator)
-        return cls(G=ResnetGenerator(channels, channels, **g), F=ResnetGenerator(channels, channels, **g),
-                   D_real=PatchDiscriminator(channels, **d), D_source=PatchDiscriminator(channels, **d))
+        two_sided = gan.structure == "cycle"
+        G = ResnetGenerator(channels, channels, **g)
+        F = ResnetGenerator(channels, channels, **g) if two_sided else None
+        D_real = PatchDiscriminator(channels, **d)
+        D_source = PatchDiscriminator(channels, **d) if two_sided else None
+        return cls(G=G, F=F, D_real=D_real, D_source=D_source)
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,9 @@ def check_geometry(gan: GanParams, image_size: int) -> None:
 class CycleGan:
     """Networks, Adam optimisers (G+F, D_real+D_source), linear-decay schedulers, pools, one step.
 
+    In ``one_sided`` mode (no F, no D_source) the same class trains G against D_real alone: the
+    terms that need F (cycle, F's adversarial and identity terms) and D_source are not computed.
+
     ``self.nets`` holds the plain modules (state dicts, diagnostics, export); ``self.run`` the same
     modules as trained: DDP-wrapped under torchrun and optionally ``torch.compile``d. The
     generator step reads the discriminators through ``self.nets`` (frozen, never DDP) so that only
@@ -174,8 +195,8 @@ class CycleGan:
             precision.module(net)
         self.run = self._prepare_for_training(gan.compile)
 
-        generator_params = [*self.nets.G.parameters(), *self.nets.F.parameters()]
-        critic_params = [*self.nets.D_real.parameters(), *self.nets.D_source.parameters()]
+        generator_params = [p for name, net in self.nets.items() if name in ("G", "F") for p in net.parameters()]
+        critic_params = [p for name, net in self.nets.items() if name.startswith("D_") for p in net.parameters()]
         self.opt_G = torch.optim.Adam(generator_params, lr=gan.lr, betas=gan.betas)
         self.opt_D = torch.optim.Adam(critic_params, lr=gan.lr, betas=gan.betas)
         constant, decay = gan.epochs * gan.steps_per_epoch, gan.decay_epochs * gan.steps_per_epoch
@@ -185,7 +206,8 @@ class CycleGan:
 
         rank = self.runtime.rank
         self.pool_real = ImagePool(gan.pool_size, seed=derive_seed(seed, "pool_real", rank))
-        self.pool_source = ImagePool(gan.pool_size, seed=derive_seed(seed, "pool_source", rank))
+        self.pool_source = ImagePool(gan.pool_size, seed=derive_seed(seed, "pool_source", rank)) \
+            if self.nets.two_sided else None
         self.lipschitz_rng = seeded_generator(seed, "lipschitz", rank)
 
     def _prepare_for_training(self, compile_: bool) -> Networks:
@@ -223,7 +245,7 @@ class CycleGan:
         return {**g_terms, **d_terms}
 
     def generator_terms(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor
-                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
         """The generator loss terms whose weight is > 0 (others are not computed), G(x) and F(y).
 
         The same terms as the textbook iteration (:mod:`pipeline.gan.reference`) with fewer network
@@ -233,50 +255,74 @@ class CycleGan:
         G, F, w, mode = self.run.G, self.run.F, self.weights, self.gan.mode
         if w.identity:
             fake_y, same_y = G(torch.cat([x, y])).split([len(x), len(y)])
-            fake_x, same_x = F(torch.cat([y, x])).split([len(y), len(x)])
         else:
-            fake_y, fake_x = G(x), F(y)
+            fake_y = G(x)
+        fake_x = None
+        if F is not None:
+            if w.identity:
+                fake_x, same_x = F(torch.cat([y, x])).split([len(y), len(x)])
+            else:
+                fake_x = F(y)
         terms: dict[str, torch.Tensor] = {}
         if w.adversarial:
             terms["adv_g"] = adversarial_loss(self.nets.D_real(fake_y), True, mode)
-            terms["adv_f"] = adversarial_loss(self.nets.D_source(fake_x), True, mode)
-        if w.cycle:
+            if F is not None:
+                terms["adv_f"] = adversarial_loss(self.nets.D_source(fake_x), True, mode)
+        if w.cycle:   # config refuses cycle > 0 without F
             terms["cycle_source"] = cycle_loss(x, F(fake_y))
             terms["cycle_real"] = cycle_loss(y, G(fake_x))
         if w.identity:
             terms["identity_real"] = identity_loss(y, same_y)
-            terms["identity_source"] = identity_loss(x, same_x)
+            if F is not None:
+                terms["identity_source"] = identity_loss(x, same_x)
         if w.similarity:
             terms["similarity"] = similarity_loss(x, fake_y)
         if w.task:
             terms["task"] = self.kind.gan_task_loss(self.task_model, x, fake_y, labels)
+        if w.constancy:
+            terms["constancy"] = constancy_loss(lambda b: self.kind.gap_features(self.task_model, b), x, fake_y)
+        if w.perceptual:
+            terms["perceptual"] = perceptual_loss(lambda b: self.kind.encoder_layers(self.task_model, b), x, fake_y)
+        if w.distance:
+            terms["distance"] = distance_loss(x, fake_y)
+        if w.self_distance:
+            terms["self_distance"] = self_distance_loss(x, fake_y)
         return terms, fake_y, fake_x
 
+    def critics(self) -> list[nn.Module]:
+        return [net for name, net in self.nets.items() if name.startswith("D_")]
+
     def generator_step(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        set_requires_grad((self.nets.D_real, self.nets.D_source), False)
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+        set_requires_grad(self.critics(), False)
         with self.precision.autocast():
             terms, fake_y, fake_x = self.generator_terms(x, labels, y)
         if terms:
             total = sum(self.weight(name) * value.float() for name, value in terms.items())
             self._update(total, self.opt_G)
             terms["g_total"] = total
-        return {k: v.detach() for k, v in terms.items()}, fake_y.detach(), fake_x.detach()
+        return ({k: v.detach() for k, v in terms.items()}, fake_y.detach(),
+                fake_x.detach() if fake_x is not None else None)
 
     def discriminator_step(self, x: torch.Tensor, y: torch.Tensor, fake_y: torch.Tensor,
-                           fake_x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Discriminator losses on real vs pooled fakes, plus the weighted Lipschitz penalties."""
-        set_requires_grad((self.nets.D_real, self.nets.D_source), True)
-        pooled_y, pooled_x = self.pool_real.query(fake_y), self.pool_source.query(fake_x)
+                           fake_x: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Discriminator losses on real vs pooled fakes, plus the weighted Lipschitz penalties
+        (D_real only when one-sided)."""
+        set_requires_grad(self.critics(), True)
+        two_sided = self.nets.two_sided
+        pooled_y = self.pool_real.query(fake_y)
+        pooled_x = self.pool_source.query(fake_x) if two_sided else None
         with self.precision.autocast():
-            terms = {"d_real": self._critic_loss(self.run.D_real, y, pooled_y),
-                     "d_source": self._critic_loss(self.run.D_source, x, pooled_x)}
-        total = terms["d_real"].float() + terms["d_source"].float()
+            terms = {"d_real": self._critic_loss(self.run.D_real, y, pooled_y)}
+            if two_sided:
+                terms["d_source"] = self._critic_loss(self.run.D_source, x, pooled_x)
+        total = sum(t.float() for t in terms.values())
         if self.weights.lipschitz:
             with self.precision.full_precision():
                 terms["lp_real"] = self._penalty(self.run.D_real, source=x, translated=fake_y, real=y)
-                terms["lp_source"] = self._penalty(self.run.D_source, source=y, translated=fake_x, real=x)
-            total = total + self.weights.lipschitz * (terms["lp_real"] + terms["lp_source"])
+                if two_sided:
+                    terms["lp_source"] = self._penalty(self.run.D_source, source=y, translated=fake_x, real=x)
+            total = total + self.weights.lipschitz * sum(terms[k] for k in ("lp_real", "lp_source") if k in terms)
         self._update(total, self.opt_D)
         terms["d_total"] = total
         return {k: v.detach() for k, v in terms.items()}
@@ -309,11 +355,16 @@ class CycleGan:
             "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
             "schedulers": [s.state_dict() for s in self.schedulers],
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "pools": {"real": self.pool_real.state_dict(), "source": self.pool_source.state_dict()},
+            "pools": {"real": self.pool_real.state_dict(),
+                      "source": self.pool_source.state_dict() if self.pool_source is not None else None},
             "generators": {"lipschitz": self.lipschitz_rng.get_state()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = set(state["networks"])
+        if saved != {name for name, _ in self.nets.items()}:
+            raise ValueError(f"the checkpoint holds the networks {sorted(saved)}, this GAN has "
+                             f"{[name for name, _ in self.nets.items()]} (gan.structure changed?)")
         for name, net in self.nets.items():
             net.load_state_dict(state["networks"][name])
         self.opt_G.load_state_dict(state["optimizers"]["G"])
@@ -323,7 +374,8 @@ class CycleGan:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.pool_real.load_state_dict(state["pools"]["real"])
-        self.pool_source.load_state_dict(state["pools"]["source"])
+        if self.pool_source is not None:
+            self.pool_source.load_state_dict(state["pools"]["source"])
         self.lipschitz_rng.set_state(state["generators"]["lipschitz"])
 
 
@@ -450,7 +502,8 @@ class GanTrainer:
         log.info("epoch %d/%d  G %.3f  D %.3f  | D_real acc real/fake %.2f/%.2f  D_source %.2f/%.2f | "
                  "task %s %.3f -> %.3f | FD %.2f -> %.2f  PAD %.2f -> %.2f | |x-G(x)| %.3f | %.0fs",
                  r["epoch"], self.total_epochs, r.get("loss/g_total", math.nan), r.get("loss/d_total", math.nan),
-                 r["d_real/acc_real"], r["d_real/acc_fake"], r["d_source/acc_real"], r["d_source/acc_fake"],
+                 r["d_real/acc_real"], r["d_real/acc_fake"], r.get("d_source/acc_real", math.nan),
+                 r.get("d_source/acc_fake", math.nan),
                  self.kind.short_score, r[f"task/{self.kind.short_score}_source_val"],
                  r[f"task/{self.kind.short_score}_translated_val"], r["gap/fd_source_real"],
                  r["gap/fd_translated_real"], r["gap/pad_source_real"], r["gap/pad_translated_real"],

@@ -115,6 +115,10 @@ class TaskKind:
         """One feature vector per image ``(N, D)``, where the GAN's domain-gap diagnostics are measured."""
         raise NotImplementedError
 
+    def encoder_layers(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """The model's feature maps, shallow to deep, with gradients to ``x`` (the GAN's perceptual loss)."""
+        raise NotImplementedError
+
     def task_score(self, model: nn.Module, x: torch.Tensor, y: Any) -> float:
         """The frozen model's score on a labelled batch (accuracy, mAP@.5): does G keep the labels?"""
         raise NotImplementedError
@@ -222,6 +226,11 @@ class Classification(TaskKind):
         from pipeline.task.models import extract_features
 
         return extract_features(model, x)
+
+    def encoder_layers(self, model, x):
+        from pipeline.task.models import intermediate_features
+
+        return intermediate_features(model, x)
 
     def task_score(self, model, x, y, batch_size: int = 256):
         logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -354,6 +363,10 @@ class Detection(TaskKind):
             return feature_maps(model, x).mean(dim=(2, 3))
         finally:
             model.train(was_training)
+
+    def encoder_layers(self, model, x):
+        """Every level of the backbone's body."""
+        return list(model.backbone.body(x))
 
     def task_score(self, model, x, y):
         from pipeline.detection.models import predict

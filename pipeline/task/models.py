@@ -100,6 +100,22 @@ def extract_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+def intermediate_features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The model's feature maps from shallow to deep (what a perceptual loss compares):
+    ``small_cnn``: the output of each conv block (after its ReLU); a timm model: its
+    ``forward_intermediates`` (its last map when it has none)."""
+    if isinstance(model, SmallCNN):
+        maps, h = [], x
+        for layer in model.features:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                maps.append(h)
+        return maps
+    if hasattr(model, "forward_intermediates"):
+        return list(model.forward_intermediates(x, intermediates_only=True))
+    return [model.forward_features(x)]
+
+
 def classify_features(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Logits from features produced by :func:`extract_features`."""
     if isinstance(model, SmallCNN):
