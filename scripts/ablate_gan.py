@@ -24,8 +24,8 @@ label-free scores of the translated variant, and with ``--dev-read`` a DEV READ:
 variant's accuracy on the workspace's labelled real *training* split (``data/prepared/target/train``,
 what target_oracle trains on; a user without real labels cannot run this). Defaults are changed only
 on the mean and the worst scenario of such reads, never on one scenario and never on test accuracy.
-``<out>/ablation.json`` keeps every number; the last table has, per ablation, the dev accuracy per
-workspace with their mean and worst.
+``<out>/ablation.json`` keeps every number of every ablation run in that workspace so far; the
+last table has, per ablation, the dev accuracy per workspace with their mean and worst.
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--only", nargs="+", choices=sorted(ABLATIONS), help="these ablations")
     group.add_argument("--family", action="store_true", help=f"the translation family: {', '.join(FAMILY)}")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the GAN's and the translated variant's seed (default: the workspace's); runs go to "
+                         "<name>-seedN/ (the frozen source-only model stays the workspace's)")
     ap.add_argument("--dev-read", action="store_true",
                     help="also score on the labelled real TRAINING split (a dev read; never the test split)")
     args = ap.parse_args(argv)
@@ -168,9 +171,14 @@ def main(argv: list[str] | None = None) -> None:
         out = workspace / args.out
         results[str(workspace)] = {}
         for name in names:
-            results[str(workspace)][name] = run(name, ABLATIONS[name], workspace, out, args.dev_read)
-            (out / "ablation.json").write_text(json.dumps(results[str(workspace)], indent=2))
-            print(f"{workspace.name} {name}: done", flush=True)
+            overrides, label = ABLATIONS[name], name
+            if args.seed is not None:
+                overrides, label = {**overrides, "seed": args.seed}, f"{name}-seed{args.seed}"
+            results[str(workspace)][label] = run(label, overrides, workspace, out, args.dev_read)
+            record = out / "ablation.json"   # every ablation run here so far, this one updated
+            kept = json.loads(record.read_text()) if record.is_file() else {}
+            record.write_text(json.dumps({**kept, label: results[str(workspace)][label]}, indent=2))
+            print(f"{workspace.name} {label}: done", flush=True)
         print(f"\n## {workspace}\n\n{table(results[str(workspace)])}\n", flush=True)
     if args.dev_read:
         print("DEV READ (accuracy of the translated variant on the real TRAINING labels; the test split is never read)")
