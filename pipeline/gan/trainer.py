@@ -115,6 +115,12 @@ class Networks:
     def two_sided(self) -> bool:
         return self.F is not None
 
+    def generators(self) -> list[nn.Module]:
+        return [net for net in (self.G, self.F) if net is not None]
+
+    def critics(self) -> list[nn.Module]:
+        return [net for net in (self.D_real, self.D_source) if net is not None]
+
     @classmethod
     def build(cls, gan: GanParams, channels: int) -> "Networks":
         """Built in the order G, F, D_real, D_source from the global RNG (seeded by the caller)."""
@@ -195,8 +201,8 @@ class CycleGan:
             precision.module(net)
         self.run = self._prepare_for_training(gan.compile)
 
-        generator_params = [p for name, net in self.nets.items() if name in ("G", "F") for p in net.parameters()]
-        critic_params = [p for name, net in self.nets.items() if name.startswith("D_") for p in net.parameters()]
+        generator_params = [p for net in self.nets.generators() for p in net.parameters()]
+        critic_params = [p for net in self.nets.critics() for p in net.parameters()]
         self.opt_G = torch.optim.Adam(generator_params, lr=gan.lr, betas=gan.betas)
         self.opt_D = torch.optim.Adam(critic_params, lr=gan.lr, betas=gan.betas)
         constant, decay = gan.epochs * gan.steps_per_epoch, gan.decay_epochs * gan.steps_per_epoch
@@ -289,12 +295,9 @@ class CycleGan:
             terms["self_distance"] = self_distance_loss(x, fake_y)
         return terms, fake_y, fake_x
 
-    def critics(self) -> list[nn.Module]:
-        return [net for name, net in self.nets.items() if name.startswith("D_")]
-
     def generator_step(self, x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor
                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
-        set_requires_grad(self.critics(), False)
+        set_requires_grad(self.nets.critics(), False)
         with self.precision.autocast():
             terms, fake_y, fake_x = self.generator_terms(x, labels, y)
         if terms:
@@ -308,7 +311,7 @@ class CycleGan:
                            fake_x: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Discriminator losses on real vs pooled fakes, plus the weighted Lipschitz penalties
         (D_real only when one-sided)."""
-        set_requires_grad(self.critics(), True)
+        set_requires_grad(self.nets.critics(), True)
         two_sided = self.nets.two_sided
         pooled_y = self.pool_real.query(fake_y)
         pooled_x = self.pool_source.query(fake_x) if two_sided else None
