@@ -216,3 +216,11 @@ def test_detection_kind_gives_the_frozen_detector_s_features_with_gradients_to_g
     loss.backward()
     assert G.weight.grad.abs().sum() > 0 and all(p.grad is None for p in detector.parameters())
     assert all(torch.equal(before[k], v) for k, v in detector.state_dict().items())
+
+
+def test_one_sided_epoch_log_names_no_d_source(project, tiny_raw, caplog):
+    write_params(project, tiny_raw, structure="one_sided", weights={"cycle": 0.0})
+    with caplog.at_level("INFO", logger="pipeline.gan.trainer"):
+        run_stage(project)
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and all("D_real acc" in m and "D_source" not in m and "nan" not in m for m in epochs)

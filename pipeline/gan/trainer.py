@@ -502,11 +502,12 @@ class GanTrainer:
         return means
 
     def log_epoch(self, r: dict[str, float]) -> None:
-        log.info("epoch %d/%d  G %.3f  D %.3f  | D_real acc real/fake %.2f/%.2f  D_source %.2f/%.2f | "
+        d_source = (f"  D_source {r['d_source/acc_real']:.2f}/{r['d_source/acc_fake']:.2f}"
+                    if "d_source/acc_real" in r else "")   # one-sided: no D_source
+        log.info("epoch %d/%d  G %.3f  D %.3f  | D_real acc real/fake %.2f/%.2f%s | "
                  "task %s %.3f -> %.3f | FD %.2f -> %.2f  PAD %.2f -> %.2f | |x-G(x)| %.3f | %.0fs",
                  r["epoch"], self.total_epochs, r.get("loss/g_total", math.nan), r.get("loss/d_total", math.nan),
-                 r["d_real/acc_real"], r["d_real/acc_fake"], r.get("d_source/acc_real", math.nan),
-                 r.get("d_source/acc_fake", math.nan),
+                 r["d_real/acc_real"], r["d_real/acc_fake"], d_source,
                  self.kind.short_score, r[f"task/{self.kind.short_score}_source_val"],
                  r[f"task/{self.kind.short_score}_translated_val"], r["gap/fd_source_real"],
                  r["gap/fd_translated_real"], r["gap/pad_source_real"], r["gap/pad_translated_real"],
