@@ -224,3 +224,25 @@ def test_one_sided_epoch_log_names_no_d_source(project, tiny_raw, caplog):
         run_stage(project)
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and all("D_real acc" in m and "D_source" not in m and "nan" not in m for m in epochs)
+
+
+def test_one_sided_run_is_tracked_in_mlflow_with_its_structure_and_no_d_source(project, tiny_raw, monkeypatch):
+    """With MLflow on (as users run it): the train_gan run records gan.structure and the new weights,
+    G's and D_real's metrics, no D_source metric, and a sample grid per epoch."""
+    import mlflow
+
+    write_params(project, tiny_raw, structure="one_sided", weights={"cycle": 0.0, "distance": 0.5})
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    for key, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "one-sided",
+                       "SIM2REAL_TRACKING": "on", "DVC_EXP_NAME": "one-sided"}.items():
+        monkeypatch.setenv(key, value)
+    run_stage(project)
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["one-sided"])
+    gan_run = runs[runs["tags.stage"] == "train_gan"].iloc[0]
+    assert gan_run["params.gan.structure"] == "one_sided" and float(gan_run["params.gan.weights.distance"]) == 0.5
+    assert np.isfinite(gan_run["metrics.loss/distance"]) and np.isfinite(gan_run["metrics.d_real/acc_fake"])
+    assert not [c for c in runs.columns if c.startswith(("metrics.d_source/", "metrics.loss/adv_f"))]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(gan_run["run_id"], "samples")}
+    assert "samples/epoch_001.png" in artifacts
