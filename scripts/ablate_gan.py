@@ -14,8 +14,9 @@ scenario's (``scripts/scenarios.py --stage train_task@source_only`` makes one) w
 ``data/prepared`` and ``models/task/source_only/model.pt``; a scenario's copy of the code is
 brought up to date first (``scripts/scenarios.py``'s ``sync_code``), so the stages run this code.
 
-``--balance`` (the default set) and ``--family`` (the translation family: f-constancy, perceptual
-similarity, one-sided SimGAN and DistanceGAN against the default CycleGAN) pick the ablations.
+Without ``--only`` or ``--family`` it runs the balance set (:data:`BALANCE`); ``--family`` runs the
+translation family (f-constancy, perceptual similarity, one-sided SimGAN and DistanceGAN against the
+default CycleGAN).
 
 What it prints never needs the held-out test split, which it never opens (it does not run the
 evaluate stage): the GAN's own diagnostics (``reports/gan/metrics.json``: task accuracy on G(x),
@@ -43,6 +44,8 @@ import yaml
 
 from dev_read import dev_accuracy, with_override   # scripts/ is on the path of a script run from it
 from scenarios import ROOT, sync_code
+from pipeline.config import load_params
+from pipeline.io import write_json
 from pipeline.report import LABEL_FREE_KEYS, collect_label_free
 
 #: name -> the dotted params keys it changes (``{}``: the workspace's params as they are)
@@ -91,20 +94,21 @@ def run(name: str, overrides: dict[str, object], workspace: Path, out: Path, dev
     stage("train_task", "--variant", "translated", "--models", str(folder / "task"),
           "--checkpoints", str(folder / "checkpoints" / "task"), "--reports", str(folder / "reports" / "train"))
     metrics = json.loads((folder / "reports" / "gan" / "metrics.json").read_text())
-    result = {**metrics, "gan/images_per_second": images_per_second(folder / "reports" / "gan" / "history.csv", raw),
+    gan = load_params(params).gan
+    result = {**metrics, "gan/images_per_second": images_per_second(folder / "reports" / "gan" / "history.csv",
+                                                                     gan.steps_per_epoch * gan.batch_size),
               **label_free(folder / "reports" / "train")}
     if dev_read:
         result[DEV] = dev_accuracy(workspace, params, folder / "task" / "translated" / "model.pt")
     return result
 
 
-def images_per_second(history: Path, raw: dict) -> float:
+def images_per_second(history: Path, images_per_epoch: int) -> float:
     """Source images per second of GAN training, over all epochs (``time/epoch_seconds`` times the
     training loop alone, not the diagnostics)."""
     with history.open() as f:
         seconds = [float(row["time/epoch_seconds"]) for row in csv.DictReader(f)]
-    gan = raw["gan"]
-    return gan["steps_per_epoch"] * gan["batch_size"] * len(seconds) / sum(seconds)
+    return images_per_epoch * len(seconds) / sum(seconds)
 
 
 def label_free(train_reports: Path) -> dict[str, float | None]:
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             results[str(workspace)][label] = run(label, overrides, workspace, out, args.dev_read)
             record = out / "ablation.json"   # every ablation run here so far, this one updated
             kept = json.loads(record.read_text()) if record.is_file() else {}
-            record.write_text(json.dumps({**kept, label: results[str(workspace)][label]}, indent=2))
+            write_json(record, {**kept, label: results[str(workspace)][label]})
             print(f"{workspace.name} {label}: done", flush=True)
         print(f"\n## {workspace}\n\n{table(results[str(workspace)])}\n", flush=True)
     if args.dev_read:

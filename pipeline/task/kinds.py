@@ -365,7 +365,7 @@ class Detection(TaskKind):
             model.train(was_training)
 
     def encoder_layers(self, model, x):
-        """Every level of the backbone's body."""
+        """The levels the backbone's body returns (its last two maps), shallow to deep."""
         return list(model.backbone.body(x))
 
     def task_score(self, model, x, y):
