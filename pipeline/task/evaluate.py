@@ -22,14 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.checkpoint import CheckpointError
 from pipeline.config import Params
 from pipeline.data.manifest import HELDOUT_MARKER, ImageSet, heldout_test_set, is_heldout
 from pipeline.data.sampling import subsample
 from pipeline.io import atomic_file, write_json
 from pipeline.metrics.classification import classification_report, plot_confusion_matrix
 from pipeline.metrics.domain_gap import proxy_a_distance
-from pipeline.task.export import MODEL_FILE, load_task_model
+from pipeline.task.export import MODEL_FILE, check_model_matches, load_task_model
 from pipeline.task.models import classify_features, extract_features
 
 log = logging.getLogger(__name__)
@@ -64,18 +63,6 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str = "cp
         feats.append(f.float().cpu().numpy())
         labels.append(np.asarray(y))
     return Outputs(np.concatenate(preds), np.concatenate(labels), np.concatenate(feats), np.concatenate(probs))
-
-
-def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> None:
-    """The model must speak the configured classes and input shape, else its numbers mean nothing."""
-    expected = {"classes": list(params.data.classes), "channels": params.data.channels,
-                "image_size": params.data.image_size, "kind": params.task.kind}
-    for key, want in expected.items():
-        have = meta.get(key, "classification" if key == "kind" else None)   # older exports are classifiers
-        if have != want:
-            section = "task" if key == "kind" else "data"
-            raise CheckpointError(f"{path}: model was trained with {key}={have!r} but params.yaml has "
-                                  f"{section}.{key}={want!r}; retrain it (dvc repro)")
 
 
 def check_heldout(test_dir: str | Path) -> Path:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import CheckpointError, load_weights_only, save_atomic
+from pipeline.config import Params
 from pipeline.task.kinds import kind_of_config
 
 MODEL_FILE = "model.pt"
@@ -31,3 +32,15 @@ def load_task_model(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = kind_of_config(blob["config"]).from_config(blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), blob["meta"]
+
+
+def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> None:
+    """The model must speak the configured classes and input shape, else its numbers mean nothing."""
+    expected = {"classes": list(params.data.classes), "channels": params.data.channels,
+                "image_size": params.data.image_size, "kind": params.task.kind}
+    for key, want in expected.items():
+        have = meta.get(key, "classification" if key == "kind" else None)   # older exports are classifiers
+        if have != want:
+            section = "task" if key == "kind" else "data"
+            raise CheckpointError(f"{path}: model was trained with {key}={have!r} but params.yaml has "
+                                  f"{section}.{key}={want!r}; retrain it (dvc repro)")
