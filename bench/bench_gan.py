@@ -5,7 +5,7 @@ moment of the machine hits all of them alike); each round times ``--iters`` iter
 
 * ``textbook``            the public CycleGAN iteration, one network call per batch
                           (:class:`pipeline.gan.reference.ReferenceCycleGan`, balancing weights 0);
-* ``ours plain``          :class:`pipeline.gan.trainer.CycleGan` with the same weights;
+* ``ours plain``          :class:`pipeline.gan.cycle_gan.CycleGan` with the same weights;
 * ``textbook + balance``  the reference with every balancing term (similarity, task, Lipschitz);
 * ``ours all terms``      ``CycleGan.train_step`` with every term: what ``train_gan`` runs;
 * ``ours one-sided``      the same with ``gan.structure: one_sided`` (G and D_real only; the
@@ -46,7 +46,8 @@ from pipeline.cpu import configure_cpu
 from pipeline.distributed import resolve_device
 from pipeline.gan.networks import ResnetGenerator
 from pipeline.gan.reference import ReferenceCycleGan, translate_one_by_one
-from pipeline.gan.trainer import CycleGan, Precision
+from pipeline.gan.cycle_gan import CycleGan, Precision
+from pipeline.task.kinds import KINDS
 from pipeline.task.models import build_task_model
 
 PLAIN = {"similarity": 0.0, "task": 0.0, "lipschitz": 0.0}
@@ -68,7 +69,8 @@ def our_model(args: argparse.Namespace, weights: dict[str, float], device: torch
     torch.manual_seed(0)
     task = build_task_model("small_cnn", args.channels, classes, width=args.task_width)
     gan = gan_params(args, weights, structure)
-    return CycleGan(gan, args.channels, task, Precision(device, gan.amp, gan.channels_last), seed=0)
+    return CycleGan(gan, args.channels, task, KINDS["classification"], Precision(device, gan.amp, gan.channels_last),
+                    seed=0)
 
 
 def training_workloads(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], None]]:

@@ -5,7 +5,7 @@ otherwise) in a fresh child process, because the OpenMP runtime reads ``OMP_WAIT
 ``OMP_NUM_THREADS`` once, when torch loads. "busy" starts one pure-Python spinning process first,
 the situation of a second job, a test run or an editor's indexer on a two-core machine.
 
-    python bench/bench_threads.py                 # the table of the README's "CPU settings"
+    python bench/bench_threads.py                 # the table of docs/results.md, "CPU settings"
     python bench/bench_threads.py --iters 20 --width 32 --blocks 6 --layers 3 --channels 3
 """
 

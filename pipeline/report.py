@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pipeline.io import write_json, write_text
+from pipeline.report_figures import BARS, finite_or_none, plot_curves, plot_summary, write_score_table
 from pipeline.metrics.classification import gap_closed
 from pipeline.selection import (COLLAPSE_MIN_CLASSES, COLLAPSE_SHARE, FAILED_MARGIN, LABELLED_RULE, PICK_RULE_NAME,
                                 RULES, choose, choose_by_labels, health, wilson)
@@ -135,13 +136,6 @@ def collect(eval_dir: str | Path = EVAL_DIR, variants: Sequence[str] = ()) -> di
     return found
 
 
-def _score(value: Any) -> Optional[float]:
-    """A finite number as float, anything else (missing, null, NaN, text) as ``None``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def collect_label_free(variants: Sequence[str], train_dir: str | Path = TRAIN_DIR,
                        keys: Sequence[str] = LABEL_FREE_KEYS) -> dict[str, dict[str, Optional[float]]]:
     """``{variant: label-free scores}`` (the ``keys``) from ``<train_dir>/<variant>/metrics.json``'s
@@ -154,7 +148,7 @@ def collect_label_free(variants: Sequence[str], train_dir: str | Path = TRAIN_DI
             continue
         block = json.loads(path.read_text()).get("label_free")
         if isinstance(block, dict):
-            found[variant] = {k: _score(block.get(k)) for k in keys}
+            found[variant] = {k: finite_or_none(block.get(k)) for k in keys}
     return found
 
 
@@ -173,7 +167,7 @@ def collect_training_record(variants: Sequence[str], train_dir: str | Path = TRA
                               "target_predicted": predicted if isinstance(predicted, list) else None,
                               "few_target_labels": record.get("few_target_labels") is True,
                               "labelled_real_images": int(record.get("labelled_real_images") or 0),
-                              "pick_accuracy": _score(pick.get("accuracy")),
+                              "pick_accuracy": finite_or_none(pick.get("accuracy")),
                               "pick_images": pick.get("images") if isinstance(pick.get("images"), int) else None}
     return found
 
@@ -194,7 +188,7 @@ def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
     """Rows in ``order`` (then any other variant alphabetically) with their share of the gap closed,
     their label-free scores (``label_free``: see :func:`collect_label_free`), their training record
     (``records``: :func:`collect_training_record`) and the label-free pick."""
-    names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
+    names = ordered(metrics, order)
     label_free, records = label_free or {}, records or {}
     rows = [Row(v, metrics[v]["accuracy"], metrics[v]["macro_f1"], label_use(metrics[v].get("uses_target_labels")),
                 **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}, **records.get(v, {}))
@@ -206,21 +200,33 @@ def summarize(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
     if labelled is not None:
         summary.pick, summary.pick_reason, summary.pick_estimate = labelled
         summary.pick_rule = LABELLED_RULE
-    missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
-    if missing:
-        summary.notes.append(f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated.")
-        return summary
-    low, high = metrics[BASELINE]["accuracy"], metrics[ORACLE]["accuracy"]
-    for row in rows:
-        row.gap_closed = gap_closed(row.accuracy, low, high)
-    if high == low:
-        summary.notes.append(f"{ORACLE} and {BASELINE} have the same accuracy: there is no gap to close.")
-    elif high < low:
-        summary.notes.append(f"{ORACLE} is below {BASELINE}: the gap is negative and gap closed is hard to read.")
+    summary.notes += close_gap(rows, metrics, "accuracy", "accuracy")
     return summary
 
 
-def _fmt(value: Optional[float], pattern: str = "{:.4f}") -> str:
+def ordered(metrics: dict[str, Any], order: Sequence[str]) -> list[str]:
+    """The variants of ``metrics`` in ``order`` (params.yaml's), then any other alphabetically."""
+    return [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
+
+
+def close_gap(rows: Sequence[Any], metrics: dict[str, dict[str, Any]], key: str, label: str) -> list[str]:
+    """Set each row's ``gap_closed`` by the score ``key`` (the kind's headline metric: accuracy, mAP@.5);
+    returns the notes a reader needs when it cannot be read (a missing reference row, no gap)."""
+    missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
+    if missing:
+        return [f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated."]
+    low, high = metrics[BASELINE][key], metrics[ORACLE][key]
+    for row in rows:
+        row.gap_closed = gap_closed(getattr(row, key), low, high)
+    if high == low:
+        return [f"{ORACLE} and {BASELINE} have the same {label}: there is no gap to close."]
+    if high < low:
+        return [f"{ORACLE} is below {BASELINE} in {label}: the gap is negative and gap closed is hard to read."]
+    return []
+
+
+def fmt(value: Optional[float], pattern: str = "{:.4f}") -> str:
+    """A score as the report prints it: ``n/a`` when missing."""
     return "n/a" if value is None else pattern.format(value)
 
 
@@ -235,7 +241,7 @@ def to_markdown(summary: Summary) -> str:
         "| variant | accuracy | macro-F1 | gap closed | uses target labels |",
         "|---|---:|---:|---:|:---:|",
     ]
-    lines += [f"| {r.variant} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.gap_closed, '{:.1%}')} | "
+    lines += [f"| {r.variant} | {fmt(r.accuracy)} | {fmt(r.macro_f1)} | {fmt(r.gap_closed, '{:.1%}')} | "
               f"{labels_cell(r.uses_target_labels, r.few_target_labels)} |" for r in summary.rows]
     lines += ["", *labelled_pick_markdown(summary), *label_free_markdown(summary)]
     if summary.notes:
@@ -275,10 +281,10 @@ def pick_versus_best(summary: Summary) -> Optional[str]:
     best = max(fair, key=lambda r: -math.inf if r.accuracy is None else r.accuracy)
     which = "variant without target labels" + (" or with only the few labelled real images"
                                                if any(r.few_target_labels for r in fair) else "")
-    text = f"the pick scores {_fmt(by_name[summary.pick].accuracy)} on the real test set; "
+    text = f"the pick scores {fmt(by_name[summary.pick].accuracy)} on the real test set; "
     if best.variant == summary.pick:
         return text + f"it is also the best {which} there."
-    return text + f"the best {which} there is {best.variant} with {_fmt(best.accuracy)}."
+    return text + f"the best {which} there is {best.variant} with {fmt(best.accuracy)}."
 
 
 def label_free_markdown(summary: Summary) -> list[str]:
@@ -299,9 +305,9 @@ def label_free_markdown(summary: Summary) -> list[str]:
         "max class share | status |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    lines += [f"| {r.variant} | {_fmt(r.source_val_acc)} | {_fmt(r.target_entropy)} | {_fmt(r.target_im)} | "
-              f"{_fmt(r.target_snd)} | {_fmt(r.target_bnm)} | {_fmt(r.target_class_ami)} | "
-              f"{_fmt(r.target_class_share_max, '{:.1%}')} | {status(r)} |" for r in summary.rows]
+    lines += [f"| {r.variant} | {fmt(r.source_val_acc)} | {fmt(r.target_entropy)} | {fmt(r.target_im)} | "
+              f"{fmt(r.target_snd)} | {fmt(r.target_bnm)} | {fmt(r.target_class_ami)} | "
+              f"{fmt(r.target_class_share_max, '{:.1%}')} | {status(r)} |" for r in summary.rows]
     lines += ["", f"Rule: {PICK_RULE}.", ""]
     labelled = summary.pick_estimate is not None
     said = "The label-free rule alone would pick" if labelled else "Pick without real labels:"
@@ -327,97 +333,6 @@ def status(row: Row) -> str:
     return "ok (few real labels)" if row.few_target_labels else "ok"
 
 
-BARS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))   # (Row attribute, label) of the summary figure
-
-
-def plot_summary(summary: Summary, path: str | Path, bars: Sequence[tuple[str, str]] = BARS) -> Path:
-    """Grouped bars of two scores per variant (accuracy and macro-F1; hatched: uses target labels)."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [r.variant for r in summary.rows]
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for offset, (key, label) in zip((-0.2, 0.2), bars):
-        values = [getattr(r, key) or 0.0 for r in summary.rows]
-        bars = ax.bar(x + offset, values, width=0.4, label=label)
-        for bar, row in zip(bars, summary.rows):
-            if row.uses_target_labels is not False:
-                bar.set_hatch("//")
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_xticks(x, labels=names)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("score")
-    ax.set_title("real test set per variant (hatched: trained on target labels, or unknown)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot_curves(order: Sequence[str], train_dir: str | Path, path: str | Path,
-                column: str = "source_val_acc") -> Path:
-    """One line per variant: ``column`` of ``<train_dir>/<variant>/history.csv`` against the step.
-
-    The overlay DVC's CSV plots cannot draw when each variant has its own file and budget. Written
-    even when no history has the column (the figure then says so), since it is a declared output.
-    """
-    import csv
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    drawn = 0
-    for variant in order:
-        history = Path(train_dir) / variant / "history.csv"
-        if not history.is_file():
-            continue
-        with history.open(newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if _score(_number(r.get(column))) is not None and r.get("step")]
-        if rows:
-            ax.plot([int(float(r["step"])) for r in rows], [float(r[column]) for r in rows], marker="o", label=variant)
-            drawn += 1
-    if not drawn:
-        ax.text(0.5, 0.5, f"no {column} in any history.csv", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(column)
-    ax.set_title(f"{column} during training, per variant")
-    if drawn:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def _number(text: Any) -> Any:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def write_score_table(summary: Summary, path: str | Path, bars: Sequence[tuple[str, str]] = BARS) -> Path:
-    """``variant,score,<first>,<second>`` rows (``score`` is the first: accuracy, or mAP@.5 for detection):
-    the data of DVC's bar plot comparing the variants, whatever the task kind."""
-    keys = [key for key, _ in bars]
-    lines = [",".join(["variant", "score", *keys])]
-    cell = lambda v: "" if v is None else f"{v:.6f}"  # noqa: E731  (empty, not "n/a": DVC reads numbers)
-    lines += [",".join([r.variant, cell(getattr(r, keys[0])), *(cell(getattr(r, k)) for k in keys)])
-              for r in summary.rows]
-    write_text(path, "\n".join(lines) + "\n")
-    return Path(path)
-
-
 def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR, tracker=None,
                  order: Sequence[str] = (), train_dir: str | Path = TRAIN_DIR,
                  n_classes: Optional[int] = None) -> Summary:
@@ -430,18 +345,33 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     metrics = collect(eval_dir, order)
     summary = summarize(metrics, order, collect_label_free(list(metrics), train_dir), n_classes,
                         collect_training_record(list(metrics), train_dir))
+    write_summary_files(summary, to_markdown(summary), out_dir, train_dir, tracker, BARS, "source_val_acc")
+    return summary
+
+
+def report_stage(params: Any, eval_dir: str | Path, out_dir: str | Path, tracker, train_dir: str | Path) -> Summary:
+    """The report stage for classification (the task kind's ``report_with``): :func:`write_report` over
+    params.yaml's variants, checking for collapse with its number of classes."""
+    return write_report(eval_dir, out_dir, tracker, order=list(params.variants), train_dir=train_dir,
+                        n_classes=len(params.data.classes))
+
+
+def write_summary_files(summary: Any, markdown: str, out_dir: str | Path, train_dir: str | Path, tracker,
+                        bars: Sequence[tuple[str, str]], curve: str) -> None:
+    """The report's files for any task kind: ``summary.json`` (``summary.as_json()``), ``summary.md``,
+    ``summary.png`` and ``scores.csv`` (the ``bars``: the kind's two headline metrics), ``curves.png``
+    (the history column ``curve``: the kind's source-val score); logged to the report and parent runs."""
     out = Path(out_dir)
     write_json(out / "summary.json", summary.as_json())
-    write_text(out / "summary.md", to_markdown(summary))
-    plot_summary(summary, out / "summary.png")
-    write_score_table(summary, out / SCORES_FILE)
-    plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png")
+    write_text(out / "summary.md", markdown)
+    plot_summary(summary, out / "summary.png", bars)
+    write_score_table(summary, out / SCORES_FILE, bars)
+    plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png", column=curve)
     if tracker is not None:
         log_to_runs(tracker, summary, out)
     for note in summary.notes:
         log.warning(note)
     log.info("pick without real labels: %s (%s)", summary.pick or "none", summary.pick_reason)
-    return summary
 
 
 def log_to_runs(tracker, summary: Summary, out: Path) -> None:

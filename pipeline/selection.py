@@ -19,7 +19,7 @@ and its predicted classes on a fixed sample of the unlabelled real training imag
 
 2. **The rule** (:data:`RULES`, the shipped one :data:`PICK_RULE_NAME`) scores the healthy candidates.
    Each candidate rule below was measured on the scenario suite with ``scripts/pick_rules.py`` (a
-   dev read on the real *training* labels, never the test split); the README reports every rule's
+   dev read on the real *training* labels, never the test split); docs/results.md reports every rule's
    hit rate and regret there. IM chose the best variant on 5 of 7 scenarios (mean regret 0.017,
    worst 0.094); entropy, BNM and ClassAMI chose exactly as IM, SND, source-val accuracy and
    agreement did worse (hit rates 0%, 0% and 14%).

@@ -49,7 +49,7 @@ def dev_accuracy(workspace: Path, params_file: Path, model_file: Path) -> float:
     from pipeline.config import load_params
     from pipeline.data.manifest import ImageSet
     from pipeline.task.export import load_task_model
-    from pipeline.task.kinds import accuracy
+    from pipeline.task.classification import accuracy
 
     params = load_params(params_file)
     d = params.data

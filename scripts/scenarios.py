@@ -147,7 +147,7 @@ def dev_read(workspace: Path, variants: Sequence[str]) -> tuple[dict[str, dict[s
 
     from pipeline.config import load_params
     from pipeline.data.manifest import ImageSet
-    from pipeline.task.evaluate import predict
+    from pipeline.task.classification import predict
     from pipeline.task.export import load_task_model
 
     d = load_params(workspace / "params.yaml").data

@@ -8,10 +8,9 @@ from typing import Sequence
 
 from pipeline import cli
 from pipeline.config import flatten, load_params
-from pipeline.data.prepare import prepare
-from pipeline.data.prepare_detection import prepare_detection
 from pipeline.io import save_png, write_json
 from pipeline.provenance import execution, provenance
+from pipeline.task.kinds import task_kind
 from pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
@@ -27,7 +26,7 @@ def main(argv: Sequence[str]) -> None:
     params = load_params(args.params)
     with stage_run("prepare", params) as tracker:
         record = provenance(params, "prepare", ("seed", "data", "task"))
-        stats, preview = (prepare_detection if params.task.kind == "detection" else prepare)(params, args.out, record)
+        stats, preview = task_kind(params).prepare(params, args.out, record)
         tracker.log_dict(execution(record), "provenance.json")
         write_json(f"{args.reports}/stats.json", stats)
         save_png(preview, f"{args.reports}/samples.png")

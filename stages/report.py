@@ -15,9 +15,9 @@ from typing import Sequence
 
 from pipeline import cli
 from pipeline.config import load_params
-from pipeline.detection.report import write_detection_report
 from pipeline.provenance import execution, provenance
-from pipeline.report import EVAL_DIR, OUT_DIR, TRAIN_DIR, write_report
+from pipeline.report import EVAL_DIR, OUT_DIR, TRAIN_DIR
+from pipeline.task.kinds import task_kind
 from pipeline.tracking import end_pipeline_run, stage_run
 
 
@@ -31,12 +31,7 @@ def main(argv: Sequence[str]) -> None:
 
     params = load_params(args.params)
     with stage_run("report", params) as tracker:
-        if params.task.kind == "detection":
-            summary = write_detection_report(args.eval, args.out, tracker, order=list(params.variants),
-                                             train_dir=args.train)
-        else:
-            summary = write_report(args.eval, args.out, tracker, order=list(params.variants), train_dir=args.train,
-                                   n_classes=len(params.data.classes))
+        summary = task_kind(params).write_report(params, args.eval, args.out, tracker, args.train)
         versions = tracker.register_pipeline_models()  # "which model do I ship": stable names in the registry,
         tracker.set_champion(summary.pick, versions)    # and the alias `champion` on the pick's version
         tracker.log_dict(execution(provenance(params, "report", ("variants", "data", "task"))), "provenance.json")

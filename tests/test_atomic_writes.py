@@ -17,7 +17,7 @@ from pipeline import cli
 from pipeline.checkpoint import KEEP_STALE, Checkpointer, save_atomic
 from pipeline.io import (DiskFullError, atomic_directory, remove_leftovers, save_png, write_json, write_table,
                          write_text)
-from pipeline.task.evaluate import write_predictions
+from pipeline.metrics.classification import write_predictions
 
 PREVIOUS = b"the previous content\n"
 

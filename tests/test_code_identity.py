@@ -35,7 +35,7 @@ def test_every_project_module_a_training_stage_loads_is_hashed(stage):
     hashed = {p.resolve() for p in code_files()}
     assert ours and ours <= hashed, sorted(str(p) for p in ours - hashed)
     # Modules the old per-stage hash (pipeline/{gan|task,data}) missed are covered now.
-    for rel in ("pipeline/config.py", "pipeline/checkpoint.py", "pipeline/metrics/domain_gap.py",
+    for rel in ("pipeline/config/schema.py", "pipeline/checkpoint.py", "pipeline/metrics/domain_gap.py",
                 "pipeline/task/models.py", "pipeline/gan/networks.py", f"stages/{stage}.py"):
         assert (REPO / rel).resolve() in hashed, rel
 
@@ -46,7 +46,7 @@ def test_code_digest_changes_with_any_imported_file(tmp_path):
     before = _python(tmp_path, DIGEST)
     assert _python(tmp_path, DIGEST) == before                   # stable
     seen = {before}
-    for rel in ("pipeline/metrics/domain_gap.py", "pipeline/config.py", "pipeline/checkpoint.py",
+    for rel in ("pipeline/metrics/domain_gap.py", "pipeline/config/schema.py", "pipeline/checkpoint.py",
                 "stages/train_gan.py"):
         with (tmp_path / rel).open("a") as fh:
             fh.write("\n# changed\n")

@@ -49,8 +49,12 @@ def _imported_names(file: Path) -> set[str]:
     return names
 
 
+DISCOVERED = {REPO / "pipeline" / "methods" / "registry.py": REPO / "pipeline" / "methods"}   # imports its folder
+
+
 def import_closure(entry: Path) -> set[Path]:
-    """Every project source file that running ``entry`` can load."""
+    """Every project source file that running ``entry`` can load (a registry that discovers the modules
+    of its folder, :data:`DISCOVERED`, loads every one of them)."""
     seen: set[Path] = set()
     todo = [entry]
     while todo:
@@ -59,7 +63,26 @@ def import_closure(entry: Path) -> set[Path]:
             continue
         seen.add(file)
         todo.extend(f for f in map(_module_file, _imported_names(file)) if f is not None)
+        if file in DISCOVERED:
+            todo.extend(sorted(DISCOVERED[file].glob("*.py")))
     return seen
+
+
+# A stage that calls a task kind's hook named "module:function" (imported on use) loads that module of
+# every kind: pipeline/task/kind.py (prepare_with, report_with).
+HOOKS = {"prepare": "prepare_with", "report": "report_with"}
+
+
+def stage_closure(stage: str) -> set[Path]:
+    """:func:`import_closure` of ``stages/<stage>.py`` plus the modules its kind hook names."""
+    closure = import_closure(REPO / "stages" / f"{stage}.py")
+    if stage in HOOKS:
+        from pipeline.task.kinds import KINDS
+
+        for kind in KINDS.values():
+            module = getattr(kind, HOOKS[stage]).partition(":")[0]
+            closure |= import_closure(_module_file(module))
+    return closure
 
 
 def _stages() -> dict[str, list[str]]:
@@ -81,7 +104,7 @@ def _covered(file: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_stage_lists_every_module_it_imports(stage):
     deps = _stages()[stage]
-    closure = import_closure(REPO / "stages" / f"{stage}.py")
+    closure = stage_closure(stage)
     missing = sorted(str(f.relative_to(REPO)) for f in closure if not _covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage!r} imports but does not depend on: {missing}"
 
@@ -89,7 +112,7 @@ def test_stage_lists_every_module_it_imports(stage):
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_stage_lists_no_code_it_cannot_import(stage):
     deps = _stages()[stage]
-    closure = import_closure(REPO / "stages" / f"{stage}.py")
+    closure = stage_closure(stage)
     unused = [d for d in deps if not any(_covered(f, [d]) for f in closure)]
     assert not unused, f"dvc.yaml stage {stage!r} depends on code it never imports: {unused}"
 

@@ -43,7 +43,7 @@ def test_evaluate_writes_metrics_predictions_and_confusion(tmp_path):
     tracker = RecordingTracker()
     out = tmp_path / "eval" / "source_only"
     metrics = evaluate_variant(params, "source_only", export_untrained(tmp_path / "model"), out, tracker,
-                               test_dir=prepared / "target" / "test", pad_samples=30)
+                               test_dir=prepared / "target" / "test")
 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics and saved["n"] == 20 and saved["uses_target_labels"] is False

@@ -17,7 +17,7 @@ from conftest import deep_update
 from pipeline.config import ConfigError, DiscriminatorParams, GanParams, GeneratorParams, LossWeights, parse_params
 from pipeline.gan.losses import (constancy_loss, distance_loss, freeze, pairwise_l1, perceptual_loss,
                                  self_distance_loss)
-from pipeline.gan.trainer import CycleGan, Networks, Precision
+from pipeline.gan.cycle_gan import CycleGan, Networks, Precision
 from pipeline.task.kinds import KINDS
 from pipeline.task.models import build_task_model, intermediate_features
 from test_gan_training import project, run_stage, write_params  # noqa: F401  (project: a fixture)
@@ -116,7 +116,7 @@ def gan(structure: str = "cycle", **weights: float) -> GanParams:
 def model(params: GanParams) -> CycleGan:
     torch.manual_seed(0)
     task = build_task_model("small_cnn", 1, 10, width=4)
-    return CycleGan(params, 1, task, Precision(torch.device("cpu")), seed=0)
+    return CycleGan(params, 1, task, KINDS["classification"], Precision(torch.device("cpu")), seed=0)
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The optimised CycleGAN iteration computes what the textbook one computes.
 
-:class:`pipeline.gan.trainer.CycleGan` batches network calls and runs each critic once over real
+:class:`pipeline.gan.cycle_gan.CycleGan` batches network calls and runs each critic once over real
 and pooled fake images; :class:`pipeline.gan.reference.ReferenceCycleGan` makes one call per batch in
 the public CycleGAN code's order. From the same weights, pools and random generators both must give
 the same loss terms, the same gradients of every network and, over several steps, the same weights.
@@ -16,8 +16,9 @@ import torch
 
 from pipeline.config import DiscriminatorParams, GanParams, GeneratorParams, LossWeights
 from pipeline.gan.reference import ReferenceCycleGan, translate_one_by_one
-from pipeline.gan.trainer import CycleGan, Precision
+from pipeline.gan.cycle_gan import CycleGan, Precision
 from pipeline.reproducibility import derive_seed, seeded_generator
+from pipeline.task.kinds import KINDS
 from pipeline.task.models import build_task_model
 
 SEED = 3
@@ -29,7 +30,7 @@ def pair(weights: dict[str, float], channels: int = 1, pool_size: int = 4) -> tu
                     pool_size=pool_size, weights=dataclasses.replace(LossWeights(), **weights))
     torch.manual_seed(0)
     task = build_task_model("small_cnn", channels, 10, width=8)
-    fast = CycleGan(gan, channels, task, Precision(torch.device("cpu")), seed=SEED)
+    fast = CycleGan(gan, channels, task, KINDS["classification"], Precision(torch.device("cpu")), seed=SEED)
     reference = ReferenceCycleGan(gan, copy.deepcopy(fast.nets), fast.task_model,
                                   pool_seeds=(derive_seed(SEED, "pool_real", 0), derive_seed(SEED, "pool_source", 0)),
                                   lipschitz_rng=seeded_generator(SEED, "lipschitz", 0))

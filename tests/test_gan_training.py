@@ -15,9 +15,10 @@ import yaml
 from conftest import deep_update
 from pipeline.config import parse_params
 from pipeline.data.manifest import write_manifest
-from pipeline.gan import trainer as trainer_module
+from pipeline.gan import cycle_gan as cycle_gan_module
 from pipeline.gan.export import load_generator
-from pipeline.gan.trainer import GanPaths, lr_factor, train_gan
+from pipeline.gan.cycle_gan import lr_factor
+from pipeline.gan.trainer import GanPaths, train_gan
 from pipeline.io import save_png
 from pipeline.task.export import save_task_model
 from pipeline.task.kinds import KINDS
@@ -130,7 +131,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(project, tmp_path_f
 
     # Interrupted in the middle of the second epoch (third iteration), then rerun.
     monkeypatch.chdir(project)
-    original, calls = trainer_module.CycleGan.train_step, []
+    original, calls = cycle_gan_module.CycleGan.train_step, []
 
     def crash_on_third(self, *args):
         calls.append(1)
@@ -138,12 +139,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(project, tmp_path_f
             raise KeyboardInterrupt
         return original(self, *args)
 
-    monkeypatch.setattr(trainer_module.CycleGan, "train_step", crash_on_third)
+    monkeypatch.setattr(cycle_gan_module.CycleGan, "train_step", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_stage(project)
     assert not (project / "models/gan/generator.pt").exists()
     assert torch.load(project / "checkpoints/gan/last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(trainer_module.CycleGan, "train_step", original)
+    monkeypatch.setattr(cycle_gan_module.CycleGan, "train_step", original)
     run_stage(project)
 
     resumed = torch.load(project / "checkpoints/gan/last.pt", weights_only=True)
@@ -166,7 +167,7 @@ def test_zero_weights_skip_their_compute(project, tiny_raw, monkeypatch):
         raise AssertionError("a term with weight 0 was computed")
 
     for name in ("lipschitz_penalty", "identity_loss"):
-        monkeypatch.setattr(trainer_module, name, must_not_run)
+        monkeypatch.setattr(cycle_gan_module, name, must_not_run)
     monkeypatch.setattr(KINDS["classification"], "gan_task_loss", must_not_run)   # the task kind computes it
     run_stage(project)
     metrics = json.loads((project / "reports/gan/metrics.json").read_text())

@@ -20,14 +20,17 @@ TEST_SPLIT_PATH = "data/prepared/target/test"
 ALLOWED = {"pipeline/data/manifest.py", "pipeline/task/evaluate.py",       # the guards and their one caller
            "pipeline/data/coco.py", "pipeline/data/detection_set.py"}
 GUARDED = re.compile(r"\b(heldout_test_set|_allow_heldout)\b")
-# The evaluate code: the only Python that may name the held-out split or run what scores on it.
-EVALUATE_CODE = {"stages/evaluate.py", "pipeline/task/evaluate.py", "pipeline/detection/evaluate.py"}
+# The evaluate code: the only Python that may name the held-out split or run what scores on it. The task
+# kinds name their evaluate function (the hook behind ``kind.evaluate``); only pipeline/task/evaluate.py calls it.
+EVALUATE_CODE = {"stages/evaluate.py", "pipeline/task/evaluate.py", "pipeline/detection/evaluate.py",
+                 "pipeline/task/classification.py", "pipeline/detection/kind.py"}
 READS_TEST_SPLIT = re.compile(
     re.escape(TEST_SPLIT_PATH)                   # the held-out split's path
     + r"|\bTARGET_TEST\b"                        # ... or its constant
     r"|\bstages\.evaluate\b"                     # running the evaluate stage as a module
     r"|[\"']evaluate(?:@[^\"'\s]*)?[\"']"          # ... or naming it to a runner: "evaluate", "evaluate@<v>"
-    r"|\bevaluate_(?:variant|detector)\b")        # calling what scores on the test split
+    r"|\bevaluate_(?:variant|detector|classifier)\b"   # calling what scores on the test split
+    r"|\bkind\.evaluate\(")                        # ... or the task kind's hook for it
 
 
 def project_sources(root: Path = REPO) -> list[Path]:

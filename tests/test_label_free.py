@@ -10,8 +10,9 @@ import torch
 from scipy.special import softmax
 
 from pipeline.data.manifest import ImageSet
-from pipeline.metrics.label_free import (batch_nuclear_norm, class_ami, class_share_max, information_maximization, label_free_scores,
+from pipeline.metrics.label_free import (batch_nuclear_norm, class_ami, class_share_max, information_maximization,
                                          mean_entropy, soft_neighborhood_density)
+from pipeline.task.classification import label_free_scores
 from pipeline.task.models import build_task_model
 from tinydata import CLASSES, SIZE, tiny_prepared
 

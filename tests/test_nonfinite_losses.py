@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from pipeline.gan import trainer as trainer_module
+from pipeline.gan import cycle_gan as cycle_gan_module
 from pipeline.guards import NonFiniteLossError, check_finite, first_non_finite
-from pipeline.task import kinds as kinds_module
+from pipeline.task import classification as classification_module
 from test_gan_training import project, run_stage  # noqa: F401  (fixture: a tiny GAN project)
 from test_task_training import train
 from tinydata import tiny_params, tiny_prepared
@@ -38,7 +38,7 @@ def test_gan_stops_on_a_nan_term_and_keeps_the_last_good_checkpoint(project, mon
         loss = TF.l1_loss(x_rec, x)
         return loss * math.nan if len(calls) == 5 else loss
 
-    monkeypatch.setattr(trainer_module, "cycle_loss", cycle_loss_going_bad)
+    monkeypatch.setattr(cycle_gan_module, "cycle_loss", cycle_loss_going_bad)
     with pytest.raises(NonFiniteLossError) as err:
         run_stage(project)
     message = str(err.value)
@@ -61,7 +61,7 @@ def test_task_training_stops_on_a_nan_loss_naming_the_variant_and_step(tmp_path,
         loss = TF.cross_entropy(logits, y)
         return loss * math.inf if len(calls) == 8 else loss
 
-    monkeypatch.setattr(kinds_module, "F", SimpleNamespace(cross_entropy=cross_entropy_going_bad))
+    monkeypatch.setattr(classification_module, "F", SimpleNamespace(cross_entropy=cross_entropy_going_bad))
     with pytest.raises(NonFiniteLossError, match=r"train_task@dann: loss term 'task' became (nan|inf) at step 8 "
                                                  r"\(epoch 2\); .*last\.pt is kept"):
         train(params, "dann", tmp_path)
@@ -74,7 +74,7 @@ def test_stage_reports_a_nan_loss_in_one_line_with_exit_code_2(project, monkeypa
     from pipeline import cli
     from stages.train_gan import main
 
-    monkeypatch.setattr(trainer_module, "similarity_loss", lambda x, g_x: TF.l1_loss(g_x, x) * math.nan)
+    monkeypatch.setattr(cycle_gan_module, "similarity_loss", lambda x, g_x: TF.l1_loss(g_x, x) * math.nan)
     with pytest.raises(SystemExit) as exit_:
         cli.run(main, ["--params", str(project / "params.yaml")])
     assert exit_.value.code == 2

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pipeline.config import parse_params
-from pipeline.task.kinds import FeaturesAndLogits
+from pipeline.task.classification import FeaturesAndLogits
 from pipeline.task.models import classifier_layer
 from pipeline.metrics.label_free import mean_entropy
 from pipeline.task.clustering import cluster_labels

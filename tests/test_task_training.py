@@ -18,7 +18,8 @@ from pipeline.config import AugmentStep, ConfigError, parse_params
 from pipeline.data.augment import build_augment
 from pipeline.distributed import Runtime
 from pipeline.task.export import load_task_model
-from pipeline.task.train import export_task_model, train_task_model, uses_target_labels
+from pipeline.task.train import export_task_model, train_task_model
+from pipeline.task.variant import Variant
 from tinydata import CLASSES, SIZE, RecordingTracker, tiny_params, tiny_prepared, tiny_task_raw, write_split  # noqa: F401
 
 CPU = Runtime(torch.device("cpu"))
@@ -97,7 +98,7 @@ def test_supervised_run_learns_and_exports_a_loadable_model(project):
 def test_only_target_trained_variants_use_target_labels(project):
     root, prepared = project
     params = tiny_params(root, prepared)
-    assert [uses_target_labels(params, v, prepared) for v in ("source_only", "dann", "target_oracle")] == \
+    assert [Variant.resolve(params, v, prepared).uses_target_labels() for v in ("source_only", "dann", "target_oracle")] == \
         [False, False, True]
 
 
@@ -127,7 +128,7 @@ def test_real_labels_are_known_by_their_mark_wherever_the_folder_lies(project, t
                      "val": str(prepared / "target" / "train")},
         "source_only": {"method": "supervised", "train": str(prepared / "source" / "train")}}
     params = parse_params(raw)
-    assert {v: uses_target_labels(params, v, prepared) for v in raw["variants"]} == {
+    assert {v: Variant.resolve(params, v, prepared).uses_target_labels() for v in raw["variants"]} == {
         "copied": True, "translated_real": True, "unmarked": None, "real_val": True, "source_only": False}
 
 
@@ -312,7 +313,7 @@ def test_source_val_is_measured_on_the_variants_own_val_folder(project):
     """A variant trained on another domain (translated renders) is validated on labelled images of that
     domain (its ``val``), for selection and for the label-free source-val score."""
     from pipeline.data.manifest import ImageSet
-    from pipeline.task.kinds import accuracy
+    from pipeline.task.classification import accuracy
 
     root, prepared = project
     own_val = write_split(root / "translated" / "val", 12, seed=9, real=True)

@@ -22,7 +22,7 @@ import yaml
 from conftest import deep_update
 from pipeline.config import parse_params
 from pipeline.gan.export import load_generator
-from pipeline.gan.trainer import Networks
+from pipeline.gan.cycle_gan import Networks
 from pipeline.reproducibility import seed_everything
 from pipeline.task.export import load_task_model, save_task_model
 from pipeline.task.models import build_task_model

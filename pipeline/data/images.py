@@ -12,7 +12,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
-# The default of ``data.max_image_pixels`` (pipeline/config.py): 40 megapixels, far above any training
+# The default of ``data.max_image_pixels`` (pipeline/config/schema.py): 40 megapixels, far above any training
 # image and far below what would exhaust memory when decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
 

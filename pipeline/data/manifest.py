@@ -273,6 +273,9 @@ class Views(Dataset):
         return torch.stack(views), self.images.label(i) if self.labelled else -1
 
 
-def heldout_test_set(folder: str | Path, classes: Sequence[str], channels: int, size: int) -> ImageSet:
-    """The labelled held-out test split. Only the evaluate stage may call this (a test enforces it)."""
-    return ImageSet(folder, classes, channels, size, labels=True, _allow_heldout=True)
+def heldout_test_set(folder: str | Path, classes: Sequence[str], channels: int, size: int,
+                     dataset_type: type = ImageSet) -> Dataset:
+    """The labelled held-out test split, opened as ``dataset_type`` (the task kind's split: an
+    :class:`ImageSet` or a detection set, same arguments). Only the evaluate stage may call this (a
+    test enforces it)."""
+    return dataset_type(folder, classes, channels, size, labels=True, _allow_heldout=True)

@@ -365,7 +365,7 @@ def real_scene_sources(count: int, seed: int, split: str, sp: SceneParams, size:
 
 
 def describe() -> str:
-    """What is real and what is composited in this scenario (quoted by the README)."""
+    """What is real and what is composited in this scenario (quoted by docs/results.md)."""
     pools = scan_pools()
     names = ", ".join(name for name, _ in _photos())
     return (

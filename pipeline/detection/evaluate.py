@@ -2,7 +2,7 @@
 and the evaluate stage's report for ``task.kind: detection``.
 
 As for classification, only the evaluate stage reads the held-out real test boxes (it opens the test
-split in :mod:`pipeline.task.evaluate` and hands it to :func:`evaluate_detector`); nothing computed
+split in :mod:`pipeline.task.evaluate` and hands it to the kind, which calls :func:`evaluate_detector`); nothing computed
 here feeds back into training.
 
 Besides COCO mAP (:func:`pipeline.metrics.detection.coco_map`) the evaluation writes a detection
@@ -101,9 +101,8 @@ def evaluate_detector(model: nn.Module, meta: dict[str, Any], variant: str, test
     to ``out_dir`` (metrics.json, predictions.csv, confusion.png, detections.png) and mirrored to MLflow."""
     from pipeline.data.manifest import to_uint8
     from pipeline.detection.draw import draw_detections
-    from pipeline.metrics.classification import classification_report, plot_confusion_matrix
+    from pipeline.metrics.classification import classification_report, plot_confusion_matrix, write_predictions
     from pipeline.metrics.detection import coco_map
-    from pipeline.task.evaluate import write_predictions
 
     classes = list(test.classes)
     images, targets, predictions = predictions_on(model, test, device)

@@ -14,18 +14,13 @@ report shows how the pick fares on the test set, for information only.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pipeline.io import write_json, write_text
-from pipeline.metrics.classification import gap_closed
-from pipeline.report import (BASELINE, ORACLE, PICK_KEY, SCORES_FILE, _fmt, collect, collect_label_free, label_use,
-                             labels_cell, log_to_runs, plot_curves, plot_summary, write_score_table)
+from pipeline.report import (BASELINE, ORACLE, PICK_KEY, close_gap, collect, collect_label_free, fmt, label_use,
+                             labels_cell, ordered, write_summary_files)
 from pipeline.selection import unknown_label_use
-
-log = logging.getLogger(__name__)
 
 LABEL_FREE_KEYS = ("source_val_map50", "target_confidence", "target_detections")
 SOURCE_KEEP = 0.8
@@ -83,21 +78,12 @@ def pick_detector(rows: Sequence[DetectionRow]) -> tuple[Optional[str], str]:
 
 def summarize_detection(metrics: dict[str, dict[str, Any]], order: Sequence[str] = (),
                         label_free: Optional[dict[str, dict[str, Optional[float]]]] = None) -> DetectionSummary:
-    names = [v for v in order if v in metrics] + sorted(v for v in metrics if v not in order)
     label_free = label_free or {}
     rows = [DetectionRow(v, metrics[v]["map50"], metrics[v]["map"], label_use(metrics[v].get("uses_target_labels")),
-                         **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}) for v in names]
+                         **{k: label_free.get(v, {}).get(k) for k in LABEL_FREE_KEYS}) for v in ordered(metrics, order)]
     summary = DetectionSummary(rows)
     summary.pick, summary.pick_reason = pick_detector(rows)
-    missing = [v for v in (BASELINE, ORACLE) if v not in metrics]
-    if missing:
-        summary.notes.append(f"gap closed needs the {' and '.join(missing)} variant(s), which were not evaluated.")
-        return summary
-    low, high = metrics[BASELINE]["map50"], metrics[ORACLE]["map50"]
-    for row in rows:
-        row.gap_closed = gap_closed(row.map50, low, high)
-    if high <= low:
-        summary.notes.append(f"{ORACLE} is not above {BASELINE} in mAP@.5: there is no gap to close.")
+    summary.notes += close_gap(rows, metrics, "map50", "mAP@.5")
     return summary
 
 
@@ -111,22 +97,22 @@ def to_markdown(summary: DetectionSummary) -> str:
         "| variant | mAP@.5 | mAP@[.5:.95] | gap closed | uses target labels |",
         "|---|---:|---:|---:|:---:|",
     ]
-    lines += [f"| {r.variant} | {_fmt(r.map50)} | {_fmt(r.map)} | {_fmt(r.gap_closed, '{:.1%}')} | "
+    lines += [f"| {r.variant} | {fmt(r.map50)} | {fmt(r.map)} | {fmt(r.gap_closed, '{:.1%}')} | "
               f"{labels_cell(r.uses_target_labels)} |" for r in summary.rows]
     lines += ["", "## Choosing without real labels", "",
               "| variant | source val mAP@.5 | target mean top score | target detections >= 0.5 per image |",
               "|---|---:|---:|---:|"]
-    lines += [f"| {r.variant} | {_fmt(r.source_val_map50)} | {_fmt(r.target_confidence)} | "
-              f"{_fmt(r.target_detections, '{:.2f}')} |" for r in summary.rows]
+    lines += [f"| {r.variant} | {fmt(r.source_val_map50)} | {fmt(r.target_confidence)} | "
+              f"{fmt(r.target_detections, '{:.2f}')} |" for r in summary.rows]
     lines += ["", f"Rule: {PICK_RULE}.", "",
               f"Pick without real labels: {summary.pick or 'none'} ({summary.pick_reason})."]
     if summary.pick is not None:
         fair = [r for r in summary.rows if r.uses_target_labels is False]
         best = max(fair, key=lambda r: r.map50)
         picked = next(r for r in summary.rows if r.variant == summary.pick)
-        lines += ["", f"For information only, never used to choose: the pick scores mAP@.5 {_fmt(picked.map50)} on "
+        lines += ["", f"For information only, never used to choose: the pick scores mAP@.5 {fmt(picked.map50)} on "
                       f"the real test set; the best variant without target labels there is {best.variant} with "
-                      f"{_fmt(best.map50)}."]
+                      f"{fmt(best.map50)}."]
     lines += [f"Note: {n}" for n in summary.notes]
     return "\n".join(lines) + "\n"
 
@@ -136,15 +122,10 @@ def write_detection_report(eval_dir: str | Path, out_dir: str | Path, tracker=No
     """The files of :func:`pipeline.report.write_report`, for detection variants."""
     metrics = collect(eval_dir, order)
     summary = summarize_detection(metrics, order, collect_label_free(list(metrics), train_dir, LABEL_FREE_KEYS))
-    out = Path(out_dir)
-    write_json(out / "summary.json", summary.as_json())
-    write_text(out / "summary.md", to_markdown(summary))
-    plot_summary(summary, out / "summary.png", BARS)
-    write_score_table(summary, out / SCORES_FILE, BARS)
-    plot_curves([r.variant for r in summary.rows], train_dir, out / "curves.png", column="source_val_map50")
-    if tracker is not None:
-        log_to_runs(tracker, summary, out)
-    for note in summary.notes:
-        log.warning(note)
-    log.info("pick without real labels: %s (%s)", summary.pick or "none", summary.pick_reason)
+    write_summary_files(summary, to_markdown(summary), out_dir, train_dir, tracker, BARS, "source_val_map50")
     return summary
+
+
+def report_stage(params: Any, eval_dir: str | Path, out_dir: str | Path, tracker, train_dir: str | Path) -> DetectionSummary:
+    """The report stage for detection (the task kind's ``report_with``)."""
+    return write_detection_report(eval_dir, out_dir, tracker, order=list(params.variants), train_dir=train_dir)

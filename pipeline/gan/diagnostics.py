@@ -36,15 +36,15 @@ from pipeline.data.manifest import to_uint8
 from pipeline.gan.losses import interpolate_gradient_norms, lipschitz_pairs, similarity_loss
 from pipeline.io import image_grid
 from pipeline.metrics.domain_gap import frechet_distance, proxy_a_distance
-from pipeline.task.kinds import KINDS, TaskKind
+from pipeline.task.kinds import TaskKind
 
 EVAL_BATCH = 256
 GRID_COLUMNS = 8
 
 
-def load_subset(dataset: Dataset, count: int, generator: torch.Generator,
-                kind: TaskKind = KINDS["classification"]) -> tuple[torch.Tensor, Any]:
-    """``count`` images (all when fewer) drawn without replacement by ``generator``: (images, labels)."""
+def load_subset(dataset: Dataset, count: int, generator: torch.Generator, kind: TaskKind) -> tuple[torch.Tensor, Any]:
+    """``count`` images (all when fewer) drawn without replacement by ``generator``: (images, labels),
+    batched as the task ``kind`` collates them."""
     order = torch.randperm(len(dataset), generator=generator)[:count].tolist()
     return kind.collate([dataset[i] for i in order])
 
@@ -76,13 +76,13 @@ def _seeded(seed: int) -> torch.Generator:
 class BalanceDiagnostics:
     """Holds the fixed subsets and the baseline numbers; :meth:`evaluate` measures the current nets.
 
+    ``kind`` is the task kind of the frozen ``task_model`` (:func:`pipeline.task.kinds.task_kind`).
     ``source_val`` must be labelled; ``target`` is read without labels. Subsets are chosen once from
     ``seed``, so every epoch (and a resumed run) measures the same images.
     """
 
-    def __init__(self, task_model: nn.Module, source_val: Dataset, target: Dataset, mode: str,
-                 interpolation: str, samples: int, seed: int, device: torch.device,
-                 kind: TaskKind = KINDS["classification"]):
+    def __init__(self, task_model: nn.Module, kind: TaskKind, source_val: Dataset, target: Dataset, mode: str,
+                 interpolation: str, samples: int, seed: int, device: torch.device):
         self.task_model, self.mode, self.interpolation, self.kind = task_model, mode, interpolation, kind
         self.threshold = 0.5 if mode == "lsgan" else 0.0
         self.seed, self.device = seed, device

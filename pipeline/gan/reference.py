@@ -1,4 +1,4 @@
-"""The textbook CycleGAN iteration, written plainly: the yardstick of :class:`pipeline.gan.trainer.CycleGan`.
+"""The textbook CycleGAN iteration, written plainly: the yardstick of :class:`pipeline.gan.cycle_gan.CycleGan`.
 
 One training iteration in the order of the public CycleGAN code (Zhu et al. 2017,
 junyanz/pytorch-CycleGAN-and-pix2pix, ``CycleGANModel.optimize_parameters``), re-written here from
@@ -32,7 +32,7 @@ from pipeline.config import GanParams
 from pipeline.gan.losses import (adversarial_loss, cycle_loss, identity_loss, lipschitz_pairs, lipschitz_penalty,
                                  similarity_loss, task_loss)
 from pipeline.gan.pool import ImagePool
-from pipeline.gan.trainer import GENERATOR_TERMS
+from pipeline.gan.cycle_gan import GENERATOR_TERMS
 
 
 class ReferenceCycleGan:

@@ -18,12 +18,12 @@ from typing import Any, Callable, ClassVar, Iterable, Optional
 import torch
 from torch import nn
 
+from pipeline.typed import ConfigError
+
 
 def check_fields(checks: Iterable[tuple[str, bool, str]]) -> None:
     """For a method's ``Params.__post_init__``: raise a ConfigError naming the first field whose check
     failed, from ``(field, ok, expected)`` triples (the config adds where the field is)."""
-    from pipeline.config import ConfigError
-
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{name}: expected {expected}")

@@ -26,8 +26,8 @@ from typing import Optional
 
 from torch import nn
 
-from pipeline.methods import register
 from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
+from pipeline.methods.registry import register
 from pipeline.task.dann import DomainDiscriminator, domain_adversarial_loss
 from pipeline.task.grl import dann_lambda, dann_lr
 

@@ -61,7 +61,7 @@ first steps purely supervised, so it works "on top of" that set's model without 
 Detection (pseudo-boxes, in the style of STAC, Sohn et al. 2020): the model itself, in eval mode,
 detects objects on the weak view; its detections scoring at least ``box_threshold`` become the
 pseudo-boxes of the strong view (for detection both views keep only photometric steps, so the boxes
-hold on both: :meth:`pipeline.task.kinds.Detection.view_transform`), and
+hold on both: :meth:`pipeline.detection.kind.Detection.view_transform`), and
 
     L = L_det(x_s, boxes_s) + weight * mu(p) * L_det(t_s[kept], pseudo-boxes[kept])
 
@@ -79,8 +79,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods import register
 from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
+from pipeline.methods.registry import register
 from pipeline.task.clustering import align_distribution
 
 
@@ -127,14 +127,6 @@ def ramp_weight(progress: float, ramp: float) -> float:
     return 0.5 * (1.0 - math.cos(math.pi * min(1.0, progress / ramp)))
 
 
-def pseudo_boxes(detections: dict[str, torch.Tensor], threshold: float,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    """The detections scoring at least ``threshold`` as a training target (copies made outside inference
-    mode, so autograd may save them)."""
-    keep = detections["scores"] >= threshold
-    return {key: detections[key][keep].clone().to(device) for key in ("boxes", "labels")}
-
-
 @register
 class SelfTraining(Method):
     name = "self_training"
@@ -149,7 +141,7 @@ class SelfTraining(Method):
 
     @property
     def uses_clusters(self) -> bool:
-        return self.params.pseudo_labels == "cluster" and self.ctx.kind.name != "detection"
+        return self.params.pseudo_labels == "cluster" and self.ctx.kind.class_probabilities
 
     def before_step(self, net: nn.Module, step: int, real: Optional[Any], labelled: Optional[Any] = None) -> None:
         """Recluster the real images every ``refresh`` steps (and when resumed without centroids); with
@@ -176,15 +168,15 @@ class SelfTraining(Method):
 
     def source_views(self) -> dict[str, Optional[str]]:
         """The weak view of the labelled images, which the relative threshold is measured on
-        (classification; the detection path has no threshold)."""
-        return {} if self.ctx.kind.name == "detection" else {"weak": self.params.weak}
+        (a kind with class probabilities; the pseudo-target path has no threshold)."""
+        return {"weak": self.params.weak} if self.ctx.kind.class_probabilities else {}
 
     def target_batch_size(self, batch_size: int) -> int:
         return max(1, round(batch_size * self.params.target_ratio))
 
     def loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
-        if self.ctx.kind.name == "detection":
-            return self.detection_loss(net, batch, progress)
+        if not self.ctx.kind.class_probabilities:
+            return self.pseudo_target_loss(net, batch, progress)
         weak, strong = batch.target["weak"], batch.target["strong"]
         source_weak = batch.source["weak"][:len(weak)]
         x, y = batch.x, batch.y
@@ -225,23 +217,21 @@ class SelfTraining(Method):
         mixed = torch.where(seen, SOURCE_MOMENTUM * self.source_means + (1 - SOURCE_MOMENTUM) * means, means)
         self.source_means = torch.where(present[:, None], F.normalize(mixed, dim=1), self.source_means)
 
-    def detection_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
-        """The pseudo-box loss of the module docstring."""
-        from pipeline.detection.models import predict
-        from pipeline.distributed import unwrap
-
-        weak, strong = batch.target["weak"], batch.target["strong"]
-        detections = predict(unwrap(net).model, weak)
-        pseudo = [pseudo_boxes(d, self.params.box_threshold, weak.device) for d in detections]
-        kept = [i for i, t in enumerate(pseudo) if len(t["boxes"])]
-        supervised = self.ctx.kind.supervised(net, batch.x, batch.y)
+    def pseudo_target_loss(self, net: nn.Module, batch: StepBatch, progress: float) -> StepOutput:
+        """The pseudo-box loss of the module docstring, for a kind without class probabilities: the
+        kind's own confident predictions on the weak view (:meth:`~pipeline.task.kind.TaskKind.pseudo_targets`)
+        are the targets of the strong view."""
+        kind, weak, strong = self.ctx.kind, batch.target["weak"], batch.target["strong"]
+        pseudo = kind.pseudo_targets(net, weak, self.params.box_threshold)
+        kept = [i for i, t in enumerate(pseudo) if kind.target_size(t)]
+        supervised = kind.supervised(net, batch.x, batch.y)
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
         unlabelled = supervised.loss.new_zeros(())
         if kept and mu > 0:
-            unlabelled = self.ctx.kind.supervised(net, strong[kept], [pseudo[i] for i in kept]).loss
-        boxes = sum(len(t["boxes"]) for t in pseudo)
+            unlabelled = kind.supervised(net, strong[kept], [pseudo[i] for i in kept]).loss
+        objects = sum(kind.target_size(t) for t in pseudo)
         return StepOutput(supervised.loss + mu * unlabelled, None, {**supervised.terms, "unlabelled": unlabelled},
-                          {"mask_rate": len(kept) / max(len(pseudo), 1), "pseudo_boxes": boxes / max(len(pseudo), 1),
+                          {"mask_rate": len(kept) / max(len(pseudo), 1), "pseudo_boxes": objects / max(len(pseudo), 1),
                            "unlabelled_weight": mu})
 
     def state_dict(self) -> dict[str, Any]:

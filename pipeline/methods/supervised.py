@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods import register
 from pipeline.methods.base import Method, StepBatch, StepOutput
+from pipeline.methods.registry import register
 
 
 @register

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import f1_score
+
+from pipeline.io import atomic_file
 
 
 def classification_report(
@@ -87,3 +90,13 @@ def plot_confusion_matrix(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def write_predictions(path: str | Path, actual: Sequence[int], predicted: Sequence[int],
+                      classes: Sequence[str]) -> None:
+    """``actual,predicted`` as class names, one row per test image (DVC's confusion template); written
+    atomically (:func:`~pipeline.io.atomic_file`)."""
+    with atomic_file(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[a], classes[p]) for a, p in zip(actual, predicted))

@@ -10,8 +10,8 @@ nats (natural logarithm), with ``0 log 0 = 0``.
 - :func:`mean_entropy`: average prediction entropy; low = confident (but a collapsed model is confident too).
 - :func:`information_maximization`: confident *and* diverse predictions score high; collapse scores 0.
 - :func:`soft_neighborhood_density`: SND, how densely the predictions cluster.
-- :func:`label_free_scores`: all of them for one model, as stored under ``"label_free"`` in
-  ``reports/train/<variant>/metrics.json``.
+- :func:`scores_from_predictions`: all of them for one model's outputs, as stored under
+  ``"label_free"`` in ``reports/train/<variant>/metrics.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from scipy.special import entr, log_softmax
 
 SND_TEMPERATURE = 0.05     # Saito et al. (2021), the value used throughout their paper
 SND_MAX_SAMPLES = 1000     # the similarity matrix is N x N: subsample beyond this
-LIMIT = 1000               # target images scored per model by label_free_scores
+LIMIT = 1000               # target images scored per model (pipeline.task.classification.label_free_scores)
 
 
 def _as_probs(probs: Any, name: str = "probs") -> np.ndarray:
@@ -146,45 +146,29 @@ def class_share_max(predicted: Any, num_classes: Optional[int] = None) -> float:
     return float(np.bincount(pred, minlength=num_classes or 0).max() / pred.size)
 
 
-def label_free_scores(model, target_set, source_val_set, device, seed: int, limit: int = LIMIT) -> dict[str, Any]:
-    """Label-free scores of ``model``, as written under ``"label_free"`` in the train metrics.
+def scores_from_predictions(probs: Any, predicted: Any, features: Any, source_val_acc: float, seed: int,
+                            limit: int = LIMIT) -> dict[str, Any]:
+    """Label-free scores of one model from its outputs on the unlabelled real images, as written under
+    ``"label_free"`` in the train metrics (``target_predicted`` beside it):
 
-    - ``source_val_acc``: accuracy on ``source_val_set`` (the labelled synthetic validation split, all of it);
+    - ``source_val_acc``: as given (accuracy on the labelled synthetic validation split);
     - ``target_entropy``, ``target_im``, ``target_snd``: :func:`mean_entropy`,
-      :func:`information_maximization` and :func:`soft_neighborhood_density` of the softmax outputs
-      on ``target_set`` (the real training images, opened with ``labels=False``);
-    - ``target_class_share_max``: :func:`class_share_max` of the predicted classes on ``target_set``
-      (a collapse indicator);
-    - ``target_bnm``, ``target_class_ami``: :func:`batch_nuclear_norm` and :func:`class_ami` there;
-    - ``target_predicted``: the predicted class of each scored target image, in order (a list; the
-      same seeded sample for every variant of a run, so the report can compare their predictions).
-
-    At most ``limit`` target images are scored, drawn by a generator seeded with ``seed``. The forward
-    passes run in eval mode, without gradients; the model's train/eval mode is restored afterwards.
+      :func:`information_maximization` and :func:`soft_neighborhood_density` of ``probs`` (N, K);
+    - ``target_class_share_max``: :func:`class_share_max` of ``predicted`` (a collapse indicator);
+    - ``target_bnm``, ``target_class_ami``: :func:`batch_nuclear_norm` and :func:`class_ami` (with the
+      penultimate ``features``, N x D);
+    - ``target_predicted``: ``predicted`` as a list (the same seeded sample for every variant of a run,
+      so the report can compare their predictions).
     """
-    from pipeline.data.sampling import subsample
-    from pipeline.task.evaluate import predict   # pipeline.task imports the metrics, not the reverse
-
-    if len(target_set) < 2:
-        raise ValueError(f"label-free scores need at least 2 target images, got {len(target_set)}")
-    if len(source_val_set) < 1:
-        raise ValueError("label-free scores need a non-empty source validation split")
-    was_training = model.training
-    try:
-        target = predict(model, subsample(target_set, limit, seed), device)
-        source = predict(model, source_val_set, device)
-    finally:
-        model.train(was_training)
-    if (target.labels != -1).any():
-        raise ValueError("label_free_scores: target_set must be opened without labels (labels=False)")
-    probs = target.probabilities
+    predicted = np.asarray(predicted)
+    k = np.asarray(probs).shape[1]
     return {
-        "source_val_acc": float((source.predicted == source.labels).mean()),
+        "source_val_acc": source_val_acc,
         "target_entropy": mean_entropy(probs),
         "target_im": information_maximization(probs),
         "target_snd": soft_neighborhood_density(probs, max_samples=limit, seed=seed),
-        "target_class_share_max": class_share_max(target.predicted, probs.shape[1]),
+        "target_class_share_max": class_share_max(predicted, k),
         "target_bnm": batch_nuclear_norm(probs),
-        "target_class_ami": class_ami(target.features, target.predicted, probs.shape[1], seed),
-        "target_predicted": target.predicted.astype(int).tolist(),
+        "target_class_ami": class_ami(features, predicted, k, seed),
+        "target_predicted": predicted.astype(int).tolist(),
     }

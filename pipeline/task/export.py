@@ -34,13 +34,17 @@ def load_task_model(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), blob["meta"]
 
 
-def check_model_matches(meta: dict[str, Any], params: Params, path: Path) -> None:
-    """The model must speak the configured classes and input shape, else its numbers mean nothing."""
+def check_model_matches(meta: dict[str, Any], params: Params, path: Path,
+                        hint: str = "retrain it (dvc repro)") -> None:
+    """The model must speak the configured classes, input shape and task kind, else its numbers mean
+    nothing: a :class:`CheckpointError` names the file and the params.yaml key, then ``hint`` (what to run)."""
     expected = {"classes": list(params.data.classes), "channels": params.data.channels,
                 "image_size": params.data.image_size, "kind": params.task.kind}
     for key, want in expected.items():
         have = meta.get(key, "classification" if key == "kind" else None)   # older exports are classifiers
+        if key == "classes" and have is not None:
+            have = list(have)
         if have != want:
             section = "task" if key == "kind" else "data"
             raise CheckpointError(f"{path}: model was trained with {key}={have!r} but params.yaml has "
-                                  f"{section}.{key}={want!r}; retrain it (dvc repro)")
+                                  f"{section}.{key}={want!r}; {hint}")

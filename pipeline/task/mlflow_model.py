@@ -29,6 +29,7 @@ import torch
 
 from pipeline.checkpoint import load_weights_only
 from pipeline.cli import UserError
+from pipeline.task.kinds import kind_of_meta
 
 LOADER = Path(__file__).with_name("mlflow_pyfunc.py")
 TASK_ARTIFACT = "task_model"        # the artifact key tells the loader which export it holds
@@ -98,9 +99,9 @@ class ModelSpec:
 
 def task_model_spec(path: str | Path, meta: Mapping[str, Any]) -> ModelSpec:
     """The spec of a task model exported to ``path`` with ``meta`` (:func:`pipeline.task.export.save_task_model`)."""
-    detection = meta.get("kind", "classification") == "detection"
+    kind = kind_of_meta(meta)
     return ModelSpec(Path(path), TASK_ARTIFACT, int(meta["channels"]), int(meta["image_size"]),
-                     "detections" if detection else "logits", 0 if detection else len(meta["classes"]))
+                     kind.served_output, kind.served_width(meta))
 
 
 def generator_spec(path: str | Path) -> ModelSpec:

@@ -47,10 +47,11 @@ def load_predictor(artifacts: dict[str, str]) -> Predictor:
 
 def _task_predictor(path: str) -> Predictor:
     from pipeline.task.export import load_task_model
+    from pipeline.task.kinds import kind_of_meta
 
     model, meta = load_task_model(path)
     geometry = (int(meta["channels"]), int(meta["image_size"]))
-    if meta.get("kind", "classification") == "detection":
+    if kind_of_meta(meta).served_output == "detections":
         return partial(_detections, model, geometry, list(meta["classes"]))
     return partial(_forward, model, geometry)
 

@@ -35,109 +35,44 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset
 
-from pipeline import methods
 from pipeline.checkpoint import Checkpointer
-from pipeline.config import ConfigError, Params
-from pipeline.data.manifest import Views, label_origin, manifest_rows, preload_within
-from pipeline.data.sampling import DomainSampler, subsample
+from pipeline.config import Params
 from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
-from pipeline.methods.base import Method, MethodContext, StepBatch
-from pipeline.reproducibility import code_digest, content_digest, derive_seed, seed_everything
+from pipeline.methods.base import Method, StepBatch
+from pipeline.reproducibility import derive_seed, seed_everything
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
 from pipeline.task.kinds import task_kind
 from pipeline.task.models import classifier_layer
 from pipeline.task.prototypes import fit_prototype_head
+from pipeline.task.train_data import Samplers, TrainData, build_method, load_data, make_samplers, real_images
+from pipeline.task.variant import FINGERPRINT_SECTIONS, PREPARED, Variant
 
 logger = logging.getLogger(__name__)
 
-PREPARED = Path("data/prepared")
-SOURCE_VAL = "source/val"
-TARGET_TRAIN = "target/train"
-TARGET_LABELLED = "target/labelled"   # a few labelled real images a variant may train on (labelled_batch > 0)
-TARGET_PICK = "target/pick"           # labelled real images no variant trains on: the report chooses with them
-FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task")
 COLLAPSE_RATIO = 0.5      # a final source-val accuracy below half the best means the run destroyed what it learned
-REAL_SAMPLE = 2048        # real images that clustering, AdaBN and the prototype head read (a fixed, seeded sample
-                          # beyond this), so their cost does not grow with the real set
+__all__ = ["FINGERPRINT_SECTIONS", "RunState", "TrainResult", "collapse_guard", "export_task_model", "train_task_model"]
 
 # Streams of derive_seed(seed, round, STREAM, ...): one generator per purpose.
 _AUGMENT = 3
 
 
 # ------------------------------------------------------------------------------------------------
-# Identity of a run
-# ------------------------------------------------------------------------------------------------
-
-
-def params_hash(params: Params, variant: str) -> str:
-    """Hash of the params sections that shape training plus the variant's own entry."""
-    entry = dataclasses.asdict(params.variant(variant))
-    blob = json.dumps({"params": params.fingerprint(*FINGERPRINT_SECTIONS), "variant": variant, "entry": entry},
-                      sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def run_fingerprint(params: Params, variant: str, data_folders: Iterable[str | Path]) -> str:
-    """Identity of a training run for its checkpoint: params, the project's code and data contents.
-
-    When any of them changes DVC reruns the stage, and the persisted checkpoint (made from the old
-    inputs) must then not be resumed.
-    """
-    parts = [params_hash(params, variant), code_digest(), content_digest(data_folders)]
-    return hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
-
-
-def uses_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> Optional[bool]:
-    """Whether the variant learns from, or is selected on, labels of real images: True when it reads the
-    few labelled real images (``labelled_batch > 0``) or its train or val folder is marked ``real``
-    (:data:`~pipeline.data.manifest.LABEL_ORIGIN_FILE`, which prepare writes into every split and
-    translate and copies carry along, so a copy or a translation of labelled real images still counts,
-    wherever it lies); None when a folder has no mark (unknown: the report never picks such a variant);
-    else False."""
-    if params.variant(variant).labelled_batch:
-        return True
-    origins = _label_origins(params, variant, prepared)
-    if "real" in origins:
-        return True
-    return None if None in origins else False
-
-
-def few_target_labels(params: Params, variant: str, prepared: str | Path = PREPARED) -> bool:
-    """True when the only real labels the variant reads are the few of ``target/labelled``: it may be
-    chosen (with labels to choose by), unlike the oracle, which needs every real training label."""
-    return bool(params.variant(variant).labelled_batch) and "real" not in _label_origins(params, variant, prepared)
-
-
-def _label_origins(params: Params, variant: str, prepared: str | Path) -> list[Optional[str]]:
-    """The ``LABEL_ORIGIN`` marks of the variant's train and val folders."""
-    return [label_origin(folder) for folder in (params.variant(variant).train, val_folder(params, variant, prepared))]
-
-
-# ------------------------------------------------------------------------------------------------
 # Schedules and optimiser
 # ------------------------------------------------------------------------------------------------
-
-
-def variant_steps(params: Params, variant: str) -> int:
-    """The variant's budget in optimiser steps: its own ``steps``, else ``task.steps``."""
-    return params.variant(variant).steps or params.task.steps
 
 
 def task_learning_rate(params: Params, p: float) -> float:
@@ -159,90 +94,6 @@ def build_optimizer(parameters, params: Params) -> torch.optim.Optimizer:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-# ------------------------------------------------------------------------------------------------
-# Data
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainData:
-    labelled: Dataset                  # the variant's labelled set, augmented by its pipeline (and, when the
-                                       # method asks for other views of it, a Views of them, that one first)
-    val: Dataset                       # labelled images of the training domain (val_folder), not augmented
-    target: Optional[Views]            # the method's views of the unlabelled real images, or None
-    augments: list                     # every pipeline in use (reseeded each round)
-    real_sample: Optional[Dataset] = None   # at most REAL_SAMPLE of the real images, unaugmented (None: no views)
-    labelled_real: Optional[Dataset] = None   # the few labelled real images, augmented as ``labelled`` (labelled_batch > 0)
-    labelled_real_plain: Optional[Dataset] = None   # the same, unaugmented (methods anchor on them)
-    pick: Optional[Dataset] = None     # labelled real images kept for the report's choice (target/pick), unaugmented
-    labelled_batch: int = 0            # labelled real images per step (the variant's labelled_batch)
-
-    @property
-    def folders(self) -> list[Path]:
-        return [s.folder for s in (self.labelled, self.val, self.target.images if self.target else None,
-                                   self.labelled_real, self.pick) if s is not None]
-
-
-def build_method(params: Params, variant: str, model: nn.Module, rt: Runtime) -> Method:
-    v, kind = params.variant(variant), task_kind(params)
-    ctx = MethodContext(num_classes=len(params.data.classes), feature_dim=kind.feature_dim(model), device=rt.device,
-                        wrap=lambda module: wrap(module, rt), kind=kind)
-    return methods.get(v.method, f"variants.{variant}.method")(
-        methods.parse_params(v.method, v.params, f"variants.{variant}.params"), ctx)
-
-
-def val_folder(params: Params, variant: str, prepared: str | Path = PREPARED) -> Path:
-    """Where the variant's source-val score is measured: its own ``val`` (labelled images of the domain
-    it trains on, e.g. the translated validation renders), else ``<prepared>/source/val``."""
-    v = params.variant(variant)
-    return Path(v.val) if v.val else Path(prepared) / SOURCE_VAL
-
-
-def load_data(params: Params, variant: str, method: Method, prepared: str | Path = PREPARED) -> TrainData:
-    """The variant's labelled set (with the other views of it the method asks for), its validation
-    set (:func:`val_folder`) and the method's views of the real images, each decoded into memory once
-    when it fits ``data.preload_mb``."""
-    d, v, kind = params.data, params.variant(variant), task_kind(params)
-    pipelines: dict[str, Any] = {}
-
-    def pipeline(name: Optional[str]):
-        name = name or v.augment
-        if name not in pipelines:
-            pipelines[name] = kind.build_augment(params.augment[name], params.seed, key=f"augment.{name}")
-        return pipelines[name]
-
-    if method.source_views():
-        labelled = Views(kind.dataset(v.train, params), {
-            "train": pipeline(None), **{view: pipeline(name) for view, name in method.source_views().items()}},
-            labelled=True)
-    else:
-        labelled = kind.dataset(v.train, params, transform=pipeline(None))
-    val = kind.dataset(val_folder(params, variant, prepared), params)
-    target, views = None, {}
-    if method.target_views():
-        real = kind.dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
-        for view, name in method.target_views().items():
-            name = name or v.augment
-            views[view] = kind.view_transform(pipeline(name), params.augment[name], params.seed, f"augment.{name}")
-        target = Views(real, views)
-    few = plain = None
-    if v.labelled_batch:
-        few = kind.dataset(Path(prepared) / TARGET_LABELLED, params, transform=pipeline(None))
-        plain = kind.dataset(Path(prepared) / TARGET_LABELLED, params)
-    pick = Path(prepared) / TARGET_PICK
-    pick = kind.dataset(pick, params) if manifest_rows(pick) else None
-    preload_within((getattr(labelled, "images", labelled), val, target.images if target else None, few, plain, pick),
-                   d.preload_mb * 2**20)
-    in_use = {id(a): a for a in [*pipelines.values(), *views.values()] if a is not None}
-    sample = subsample(target.images, REAL_SAMPLE, params.seed) if target is not None else None
-    return TrainData(labelled, val, target, list(in_use.values()), sample, few, plain, pick, v.labelled_batch)
-
-
-# ------------------------------------------------------------------------------------------------
-# Networks
-# ------------------------------------------------------------------------------------------------
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,33 +129,6 @@ class RoundTotals:
         out = {"train_acc": correct / max(images, 1)} if accuracy else {}
         out.update({k: v / max(steps, 1) for k, v in zip(keys, values)})
         return out
-
-
-@dataclass
-class Samplers:
-    labelled: DomainSampler
-    target: Optional[DomainSampler]
-    labelled_real: Optional[DomainSampler] = None
-
-
-def make_samplers(params: Params, data: TrainData, method: Method, rt: Runtime) -> Samplers:
-    task = params.task
-    if task.batch_size % rt.world_size:
-        raise ConfigError(f"task.batch_size: {task.batch_size} is not divisible by the {rt.world_size} torchrun processes")
-    collate = task_kind(params).collate
-    labelled = DomainSampler(data.labelled, "labelled", task.batch_size, task.eval_every, params.seed,
-                             rt.rank, rt.world_size, collate)
-    target = None
-    if data.target is not None:
-        size = method.target_batch_size(task.batch_size)
-        size += (-size) % rt.world_size
-        target = DomainSampler(data.target, "target", size, task.eval_every, params.seed, rt.rank, rt.world_size)
-    few = None
-    if data.labelled_real is not None:
-        size = data.labelled_batch + (-data.labelled_batch) % rt.world_size
-        few = DomainSampler(data.labelled_real, "labelled_real", size, task.eval_every, params.seed, rt.rank,
-                            rt.world_size, collate)
-    return Samplers(labelled, target, few)
 
 
 def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer, data: TrainData,
@@ -437,35 +261,36 @@ def collapse_guard(run: RunState) -> Optional[str]:
     return warning
 
 
-def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, checkpoint_dir: str | Path,
+def train_task_model(params: Params, name: str, runtime: Runtime, tracker, checkpoint_dir: str | Path,
                      reports_dir: str | Path, prepared: str | Path = PREPARED,
                      log: logging.Logger = logger,
                      on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train (or resume) ``variant``; write history.csv and metrics.json (rank 0) and return the result.
+    """Train (or resume) the variant ``name``; write history.csv and metrics.json (rank 0) and return the result.
 
     ``on_epoch_end(round, row)`` runs after each round's checkpoint (tests use it to interrupt a run).
     """
-    v, task, rt, kind = params.variant(variant), params.task, runtime, task_kind(params)
+    variant = Variant.resolve(params, name, prepared)
+    v, task, rt, kind = variant.entry, params.task, runtime, task_kind(params)
     seed_everything(params.seed)
     model = kind.build_model(params).to(rt.device)
     method = build_method(params, variant, model, rt)
-    data = load_data(params, variant, method, prepared)
+    data = load_data(params, variant, method)
     trainable = list(model.parameters()) + [p for m in method.modules().values() for p in m.parameters()]
     optimizer = build_optimizer(trainable, params)
 
-    checkpointer = Checkpointer(checkpoint_dir, run_fingerprint(params, variant, data.folders))
+    checkpointer = Checkpointer(checkpoint_dir, variant.run_fingerprint(params, data.folders))
     saved = resume(checkpointer, rt)
     run = _restore(saved, model, method, optimizer) if saved else RunState()
-    total_steps = variant_steps(params, variant)
+    total_steps = variant.steps
     rounds = math.ceil(total_steps / task.eval_every)
     if saved:
-        log.info("%s: %s", variant, f"resuming after round {run.epoch} of {rounds}" if run.epoch < rounds
+        log.info("%s: %s", name, f"resuming after round {run.epoch} of {rounds}" if run.epoch < rounds
                  else "checkpoint holds the finished run; exporting it without training")
 
     net = wrap(kind.network(model), rt)
     samplers = make_samplers(params, data, method, rt)
     while run.epoch < rounds:
-        row = train_round(net, method, optimizer, data, samplers, params, run, rt, f"train_task@{variant}",
+        row = train_round(net, method, optimizer, data, samplers, params, run, rt, f"train_task@{name}",
                           checkpointer.path, total_steps)
         run.epoch += 1
         sync_buffers(rt, model, *method.modules().values())  # BatchNorm statistics: rank 0's on every rank
@@ -476,29 +301,30 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
         if rt.is_main:
             checkpointer.save(_checkpoint_state(model, method, optimizer, run))
             tracker.log_metrics({k: val for k, val in row.items() if k != "epoch"}, step=run.step)
-        log.info("%s round %d/%d (step %d)  %s", variant, run.epoch, rounds, run.step,
+        log.info("%s round %d/%d (step %d)  %s", name, run.epoch, rounds, run.step,
                  "  ".join(f"{k} {val:.4g}" for k, val in row.items() if k not in ("epoch", "step")))
         if on_epoch_end is not None:
             on_epoch_end(run.epoch, row)
 
     warning = collapse_guard(run)
     if warning:
-        log.warning("%s: %s", variant, warning)
-    result = _result(params, variant, run, model, prepared, [warning] if warning else [])
+        log.warning("%s: %s", name, warning)
+    result = _result(params, variant, run, model, [warning] if warning else [])
     result.modules = method.modules()
     result.metrics["labelled_real_images"] = len(data.labelled_real) if data.labelled_real is not None else 0
     if rt.is_main:
-        real = _real_images(data, params, prepared)
+        real = real_images(data, params, variant)
         if v.target_bn:
             layers = adapt_batchnorm(kind.batchnorm_module(result.model), real)
             result.metrics["target_bn_layers"] = layers
-            log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", variant, layers)
-        if v.target_head and kind.name != "classification":
-            log.info("%s: target_head skipped: class prototypes are for task.kind classification", variant)
+            log.info("%s: BatchNorm statistics of %d layers re-estimated on the real training images", name, layers)
+        if v.target_head and not kind.prototype_head:
+            log.info("%s: target_head skipped: a %s model has no classifier for class prototypes to replace",
+                     name, kind.name)
         elif v.target_head:
             result.metrics["target_head_stats"] = fit_prototype_head(
                 kind.network(result.model), classifier_layer(result.model), real)
-            log.info("%s: classifier replaced by the prototypes of the real training images (%s)", variant,
+            log.info("%s: classifier replaced by the prototypes of the real training images (%s)", name,
                      ", ".join(f"{k} {val:.3f}" for k, val in result.metrics["target_head_stats"].items()))
         if data.pick is not None:       # labelled real images no variant trained on: the report may choose by them
             result.metrics["labelled_pick"] = {"accuracy": kind.val_score(result.model, data.pick, rt.device),
@@ -514,34 +340,22 @@ def train_task_model(params: Params, variant: str, runtime: Runtime, tracker, ch
     return result
 
 
-def _real_images(data: TrainData, params: Params, prepared: str | Path) -> Dataset:
-    """At most :data:`REAL_SAMPLE` unlabelled real training images (a fixed, seeded sample), unaugmented
-    (already in memory when the method used them): AdaBN, the prototype head and the label-free scores
-    (what the report picks a variant by) read them."""
-    if data.real_sample is not None:
-        return data.real_sample
-    real = task_kind(params).dataset(Path(prepared) / TARGET_TRAIN, params, labels=False)
-    return subsample(real, REAL_SAMPLE, params.seed)
-
-
-def _result(params: Params, variant: str, run: RunState, model: nn.Module, prepared: str | Path,
-            warnings: list[str]) -> TrainResult:
+def _result(params: Params, variant: Variant, run: RunState, model: nn.Module, warnings: list[str]) -> TrainResult:
     selected = copy.deepcopy(unwrap(model)).cpu()
     selected.load_state_dict(run.best_state)
     selected.eval()
-    v, last = params.variant(variant), run.history[-1]
-    target_labels = uses_target_labels(params, variant, prepared)
-    few = few_target_labels(params, variant, prepared)
+    v, last, name = variant.entry, run.history[-1], variant.name
+    target_labels, few = variant.uses_target_labels(), variant.few_target_labels()
     meta = {"kind": params.task.kind, "classes": list(params.data.classes), "image_size": params.data.image_size,
-            "channels": params.data.channels, "variant": variant, "method": v.method,
+            "channels": params.data.channels, "variant": name, "method": v.method,
             "selected_epoch": run.best_epoch, "uses_target_labels": target_labels, "few_target_labels": few,
-            "params_hash": params_hash(params, variant)}
+            "params_hash": variant.params_hash(params)}
     metrics = {
-        "variant": variant, "method": v.method, "uses_target_labels": target_labels, "few_target_labels": few,
+        "variant": name, "method": v.method, "uses_target_labels": target_labels, "few_target_labels": few,
         "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
-        "selected_source_val_acc": run.best_val_acc, "val": val_folder(params, variant, prepared).as_posix(),
+        "selected_source_val_acc": run.best_val_acc, "val": variant.val.as_posix(),
         "warnings": warnings, "target_bn": v.target_bn,
-        "target_head": v.target_head and params.task.kind == "classification",
+        "target_head": v.target_head and task_kind(params).prototype_head,
         "final": {k: val for k, val in last.items() if k not in ("epoch", "step")},
         "train_seconds": round(run.train_seconds, 3),
         "images_per_second": round(run.images_seen / max(run.train_seconds, 1e-9), 1),
