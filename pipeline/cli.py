@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -12,6 +13,20 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 class UserError(ValueError):
     """A request a tool refuses for a reason the user can fix; the message alone is the whole report."""
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")   # :mod:`pipeline.x`, :func:`~pipeline.x.f`
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def help_text(doc: str | None) -> str:
+    """A docstring as ``--help`` shows it: plain text, without reStructuredText markup
+    (``code`` -> code, :mod:`pipeline.report` -> pipeline.report, :func:`~a.b.f` -> f)."""
+    def role(match: re.Match) -> str:
+        target = match.group(1)
+        return target.rsplit(".", 1)[-1] if match.group(0).split("`")[1].startswith("~") else target
+
+    return _LITERAL.sub(r"\1", _ROLE.sub(role, doc or "")).strip()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -43,6 +43,7 @@ OUT_DIR = Path("reports")
 PICK_KEY = "pick"                 # the one top-level entry of summary.json that is not a variant
 PICK_TAG = "sim2real.pick"        # MLflow tag on the report run and the parent run
 SCORES_FILE = "scores.csv"        # DVC's bar plot of the variants
+HEADLINE_FILE = "headline.json"   # DVC's metrics file: the headline score and gap closed per variant, the pick
 LABEL_FREE_KEYS = ("source_val_acc", "target_entropy", "target_im", "target_snd", "target_class_share_max",
                    "target_bnm", "target_class_ami")
 SUMMARY_LABEL_FREE = LABEL_FREE_KEYS
@@ -349,6 +350,14 @@ def write_report(eval_dir: str | Path = EVAL_DIR, out_dir: str | Path = OUT_DIR,
     return summary
 
 
+def headline(summary: Any, score: str) -> dict[str, Any]:
+    """What ``dvc metrics show`` prints, one short row: ``{"pick": name or "none", <variant>: {<score>,
+    "gap_closed"}}`` with ``score`` the kind's headline metric (accuracy, map50)."""
+    rows = {variant: {score: values[score], "gap_closed": values["gap_closed"]}
+            for variant, values in summary.as_metrics().items()}
+    return {"pick": summary.pick or "none", **rows}
+
+
 def report_stage(params: Any, eval_dir: str | Path, out_dir: str | Path, tracker, train_dir: str | Path) -> Summary:
     """The report stage for classification (the task kind's ``report_with``): :func:`write_report` over
     params.yaml's variants, checking for collapse with its number of classes."""
@@ -358,11 +367,13 @@ def report_stage(params: Any, eval_dir: str | Path, out_dir: str | Path, tracker
 
 def write_summary_files(summary: Any, markdown: str, out_dir: str | Path, train_dir: str | Path, tracker,
                         bars: Sequence[tuple[str, str]], curve: str) -> None:
-    """The report's files for any task kind: ``summary.json`` (``summary.as_json()``), ``summary.md``,
-    ``summary.png`` and ``scores.csv`` (the ``bars``: the kind's two headline metrics), ``curves.png``
-    (the history column ``curve``: the kind's source-val score); logged to the report and parent runs."""
+    """The report's files for any task kind: ``summary.json`` (``summary.as_json()``), ``headline.json``
+    (:func:`headline`), ``summary.md``, ``summary.png`` and ``scores.csv`` (the ``bars``: the kind's two
+    headline metrics), ``curves.png`` (the history column ``curve``: the kind's source-val score);
+    logged to the report and parent runs."""
     out = Path(out_dir)
     write_json(out / "summary.json", summary.as_json())
+    write_json(out / HEADLINE_FILE, headline(summary, bars[0][0]))
     write_text(out / "summary.md", markdown)
     plot_summary(summary, out / "summary.png", bars)
     write_score_table(summary, out / SCORES_FILE, bars)
@@ -384,5 +395,5 @@ def log_to_runs(tracker, summary: Summary, out: Path) -> None:
             continue
         tracker.log_metrics(flat, run_id=run_id)
         tracker.set_tags({PICK_TAG: summary.pick or "none"}, run_id=run_id)
-        for name in ("summary.json", "summary.md", "summary.png", SCORES_FILE, "curves.png"):
+        for name in ("summary.json", HEADLINE_FILE, "summary.md", "summary.png", SCORES_FILE, "curves.png"):
             tracker.log_artifact(out / name, artifact_path="report", run_id=run_id)

@@ -203,12 +203,20 @@ def tracking_enabled() -> bool:
 
 def stage_params(stage: str, params: Params, variant: str | None = None) -> dict[str, Any]:
     """The params a child run logs: its variant's entry as ``variant.*`` (defaults filled in), else
-    the sections of :data:`STAGE_SECTIONS` (none for a stage it does not list)."""
+    the sections of :data:`STAGE_SECTIONS` (none for a stage it does not list); a training stage adds
+    the step counts it runs with, ``budget`` applied, as ``effective.*`` (``effective.steps``,
+    ``effective.eval_every``, ``effective.gan.steps_per_epoch``, ...)."""
     if variant:
         parsed = params.variants.get(variant)
         entry = dataclasses.asdict(parsed) if parsed else params.raw.get("variants", {}).get(variant, {})
-        return flatten(entry, "variant")
-    return flatten({k: params.raw[k] for k in STAGE_SECTIONS.get(stage, ()) if k in params.raw})
+        logged = flatten(entry, "variant")
+        if stage == "train_task" and parsed:
+            logged.update(flatten(params.effective_task(variant), "effective"))
+        return logged
+    logged = flatten({k: params.raw[k] for k in STAGE_SECTIONS.get(stage, ()) if k in params.raw})
+    if stage == "train_gan":
+        logged.update(flatten(params.effective_gan(), "effective"))
+    return logged
 
 
 def folder_digest(path: str | Path) -> str:

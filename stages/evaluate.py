@@ -19,7 +19,7 @@ from pipeline.tracking import stage_run
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.evaluate", description=cli.help_text(__doc__))
     ap.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--models", default="models/task")

@@ -17,7 +17,7 @@ log = logging.getLogger("stages.prepare")
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.prepare", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.prepare", description=cli.help_text(__doc__))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/prepared")
     ap.add_argument("--reports", default="reports/prepare")

@@ -22,7 +22,7 @@ from pipeline.tracking import end_pipeline_run, stage_run
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.report", description=cli.help_text(__doc__))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--eval", default=str(EVAL_DIR))
     ap.add_argument("--train", default=str(TRAIN_DIR), help="folder of <variant>/metrics.json with label-free scores")

@@ -25,7 +25,7 @@ log = logging.getLogger("stages.train_gan")
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.train_gan", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.train_gan", description=cli.help_text(__doc__))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--prepared", default="data/prepared")
     ap.add_argument("--task-model", default="models/task/source_only/model.pt")

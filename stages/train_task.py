@@ -1,6 +1,7 @@
-"""DVC stage ``train_task@<variant>``: train the variant's task model (supervised or DANN).
+"""DVC stage ``train_task@<variant>``: train the variant's task model by its method (supervised, dann,
+self_training or any registered one), then AdaBN and the prototype head when the variant asks.
 
-Writes ``models/task/<variant>/{model.pt,provenance.json}`` (atomically, rank 0), the per-epoch
+Writes ``models/task/<variant>/{model.pt,provenance.json}`` (atomically, rank 0), the per-round
 ``reports/train/<variant>/history.csv`` and ``metrics.json``, and resumes from
 ``checkpoints/task/<variant>/last.pt`` when interrupted. Launch with ``torchrun`` for
 DistributedDataParallel.
@@ -25,7 +26,7 @@ log = logging.getLogger("stages.train_task")
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.train_task", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.train_task", description=cli.help_text(__doc__))
     ap.add_argument("--variant", required=True, help="a key of 'variants' in params.yaml")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--prepared", default="data/prepared", help="prepare's output (source/val, target/train)")
@@ -48,7 +49,8 @@ def main(argv: Sequence[str]) -> None:
             if runtime.is_main:
                 with atomic_directory(Path(args.models) / args.variant) as tmp:
                     export_task_model(result, tmp, tracker)
-                    record = provenance(params, "train_task", FINGERPRINT_SECTIONS + ("variants",), variant=args.variant)
+                    record = provenance(params, "train_task", FINGERPRINT_SECTIONS + ("variants",), variant=args.variant,
+                                        effective=params.effective_task(args.variant))
                     write_provenance(tmp, record)
                 tracker.log_dict(execution(record), "provenance.json")
                 tracker.log_artifact(Path(args.reports) / args.variant / "history.csv")

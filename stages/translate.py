@@ -24,7 +24,7 @@ log = logging.getLogger("stages.translate")
 
 
 def main(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.translate", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m stages.translate", description=cli.help_text(__doc__))
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--generator", default="models/gan/generator.pt")
     ap.add_argument("--input", nargs="+", default=["data/prepared/source/train", "data/prepared/source/val"])

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "pipeline.gan.pool", "pipeline.task", "pipeline.task.models", "pipeline.task.grl",
                     "pipeline.task.dann", "pipeline.task.clustering", "pipeline.task.batchnorm",
                     "pipeline.task.prototypes", "pipeline.detection", "pipeline.detection.draw", "pipeline.gan",
-                    "pipeline.data")),
+                    "pipeline.data", "pipeline.progress")),
     ("methods", ("pipeline.methods.", "pipeline.methods")),
     ("config", ("pipeline.config.", "pipeline.config")),
     ("infrastructure", ("pipeline.data.", "pipeline.checkpoint", "pipeline.distributed", "pipeline.provenance",
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                         "pipeline.gan.output_folder")),
     ("kinds", ("pipeline.task.kind", "pipeline.task.classification", "pipeline.detection.kind",
                "pipeline.task.kinds")),
-    ("engines", ("pipeline.task.", "pipeline.gan.")),
+    ("engines", ("pipeline.task.", "pipeline.gan.", "pipeline.ship", "pipeline.ship.")),
     ("stages", ("stages.", "stages")),
 ]
 KIND_MODULES = {"pipeline/task/kind.py", "pipeline/task/kinds.py", "pipeline/task/classification.py",
@@ -161,3 +161,15 @@ def test_no_kind_branch_outside_the_kind_modules():
              for path in sources().values() if path.relative_to(REPO).as_posix() not in KIND_MODULES
              for i, line in enumerate(path.read_text().splitlines(), 1) if KIND_BRANCH.search(line)]
     assert found == []
+
+
+def test_every_kind_names_prepare_and_report_functions_that_exist():
+    import inspect
+
+    from pipeline.task.kind import resolve
+    from pipeline.task.kinds import KINDS
+
+    for kind in KINDS.values():
+        prepare, report = resolve(kind.prepare_with), resolve(kind.report_with)
+        assert list(inspect.signature(prepare).parameters)[:3] == ["params", "out_dir", "provenance"], kind.name
+        assert list(inspect.signature(report).parameters) == ["params", "eval_dir", "out_dir", "tracker", "train_dir"]

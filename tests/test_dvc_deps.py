@@ -135,3 +135,18 @@ def test_no_listed_dependency_is_an_empty_file():
     files = {d for stage in spec.values() for d in stage.get("do", stage).get("deps", [])
              if "${" not in d and (REPO / d).is_file()}
     assert files and not [f for f in sorted(files) if (REPO / f).stat().st_size == 0]
+
+
+def test_every_shipped_model_is_a_declared_artifact():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
+    artifacts = spec["artifacts"]
+    paths = {a["path"] for a in artifacts.values()}
+    assert {f"models/task/{v}/model.pt" for v in variants} | {"models/gan/generator.pt"} == paths
+    assert all(a["type"] == "model" and a["desc"] for a in artifacts.values())
+    # DVC's rule for artifact names (dvc/annotations.py): lowercase letters, digits, dashes, slashes
+    import re
+    assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-/]*[a-z0-9])?", name) for name in artifacts), list(artifacts)
+    outs = {out if isinstance(out, str) else next(iter(out)) for stage in spec["stages"].values()
+            for out in stage.get("do", stage).get("outs", [])}
+    assert {"models/task/${key}", "models/gan"} <= outs       # each artifact lies in a stage's output

@@ -81,11 +81,17 @@ def test_tiny_dvc_repro_of_all_stages(tmp_path, default_raw):
              if line and not line.startswith(("\t", " "))}
     assert stale == {"train_task@dann", "evaluate@dann", "report"}, stale
 
-    # `dvc metrics show` lists the headline file only: accuracy per variant, readable in a terminal.
+    # `dvc metrics show` lists the headline file only: accuracy and gap closed per variant and the pick,
+    # one row readable in a terminal.
     metrics = _dvc(repo, "metrics", "show", "--json")
     assert metrics.returncode == 0, metrics.stderr
     files = json.loads(metrics.stdout)[""]["data"]
-    assert list(files) == ["reports/summary.json"], list(files)
+    assert list(files) == ["reports/headline.json"], list(files)
+    values = files["reports/headline.json"]["data"]
+    assert set(values) == {"pick", *default_raw["variants"]} and values["pick"] == (pick["variant"] or "none")
+    assert all(set(values[v]) == {"accuracy", "gap_closed"} for v in default_raw["variants"])
+    table = _dvc(repo, "metrics", "show")
+    assert table.returncode == 0 and max(map(len, table.stdout.splitlines())) < 500, table.stdout
     # The README's line that compares experiments runs as written and prints a narrow table.
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     line = next(l for l in readme.splitlines() if l.startswith("dvc exp show --drop"))

@@ -83,6 +83,10 @@ def test_report_gap_closed_and_files(tmp_path):
     summary = write_report(eval_dir, tmp_path, order=["source_only", "translated", "dann", "target_oracle"])
 
     saved = json.loads((tmp_path / "summary.json").read_text())
+    headline = json.loads((tmp_path / "headline.json").read_text())      # what `dvc metrics show` prints
+    assert headline == {"pick": saved["pick"]["variant"] or "none",
+                        **{v: {"accuracy": saved[v]["accuracy"], "gap_closed": saved[v]["gap_closed"]}
+                           for v in saved if v != "pick"}}
     assert [r.variant for r in summary.rows] == ["source_only", "translated", "dann", "target_oracle"]
     assert set(saved) == {r.variant for r in summary.rows} | {"pick"}
     assert saved["dann"]["gap_closed"] == pytest.approx((0.7 - 0.6) / (0.9 - 0.6))
@@ -266,8 +270,8 @@ def test_report_stage_logs_every_variant_on_the_parent_run(tmp_path, monkeypatch
     report_run = runs[runs["tags.stage"] == "report"].iloc[0]
     assert report_run["tags.sim2real.pick"] == "source_only"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
-    assert artifacts == {f"report/{name}" for name in ("summary.json", "summary.md", "summary.png", "scores.csv",
-                                                       "curves.png")}
+    assert artifacts == {f"report/{name}" for name in ("summary.json", "headline.json", "summary.md", "summary.png",
+                                                       "scores.csv", "curves.png")}
     assert parent["status"] == "FINISHED"       # the report, the last stage, ends the pipeline's run
 
 
@@ -329,3 +333,18 @@ def test_pick_fails_closed_on_a_variant_whose_label_use_is_unknown(tmp_path):
     rows = [row("a", 1.5, 0.2), row("b", 0.5, 0.2)]
     rows[0].uses_target_labels = None
     assert pick_variant(rows, n_classes=10)[0] == "b"
+
+
+def test_gan_refuses_a_task_model_of_other_classes_naming_the_key_and_what_to_run(tmp_path):
+    from pipeline.task.provision import TASK_MODEL_HINT, load_frozen_task_model
+
+    prepared = tiny_prepared(tmp_path)
+    params = tiny_params(tmp_path, prepared)
+    path = export_untrained(tmp_path / "model", classes=("a", "b", "c")) / "model.pt"
+    with pytest.raises(CheckpointError) as error:
+        load_frozen_task_model(path, params, torch.device("cpu"))
+    message = str(error.value)
+    assert message.startswith(f"{path}: model was trained with classes=") and "data.classes=" in message
+    assert message.endswith(TASK_MODEL_HINT) and "train_task@source_only" in message
+    model, sha = load_frozen_task_model(export_untrained(tmp_path / "ok") / "model.pt", params, torch.device("cpu"))
+    assert len(sha) == 64 and not any(p.requires_grad for p in model.parameters())

@@ -216,3 +216,43 @@ def test_source_seeds_are_running_class_means_of_the_renders_and_seed_the_cluste
     labels, centroids = cluster_labels(x, wrong, iterations=0, init=torch.eye(2))
     assert labels.tolist() == [0, 1] and torch.equal(centroids, torch.eye(2))
     assert cluster_labels(x, wrong, iterations=0)[0].tolist() == [1, 0]
+
+
+def test_the_readme_method_example_registers_validates_and_trains(tmp_path):
+    """The README's "Adding a method" code, as written: one file that registers itself, whose params
+    are checked with the dotted key, and whose loss trains a classifier on the README's variant."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import ConfigError, parse_params
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Adding a method", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    try:
+        namespace: dict = {}
+        exec(compile(code, "README.md", "exec"), namespace)
+        assert "entropy_min" in methods.available()
+        raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+        entry = yaml.safe_load(re.search(r"then a variant: `my_variant: (\{.*?\})`", section).group(1))
+        raw["variants"]["my_variant"] = entry
+        params = parse_params(raw)
+        assert params.variant("my_variant").method == "entropy_min"
+        raw["variants"]["my_variant"] = {**entry, "params": {"weight": -1}}
+        with pytest.raises(ConfigError, match=r"variants\.my_variant\.params\.weight: expected a number >= 0"):
+            parse_params(raw)
+
+        generator = torch.Generator().manual_seed(0)
+        x, y = blobs(32, 0.0, generator)
+        real, _ = blobs(32, 1.0, generator)
+        ctx = MethodContext(num_classes=2, feature_dim=2, device=torch.device("cpu"), kind=KINDS["classification"])
+        method = methods.get("entropy_min")(methods.parse_params("entropy_min", {"weight": 0.1}, "p"), ctx)
+        assert method.target_views() == {"real": "default"}
+        net = LinearNet()
+        out = method.loss(net, StepBatch(x, y, {"real": real}), 0.5)
+        out.loss.backward()
+        assert set(out.terms) == {"task", "entropy"} and net.head.weight.grad.abs().sum() > 0
+    finally:
+        methods.unregister("entropy_min")

@@ -82,6 +82,10 @@ def test_supervised_run_learns_and_exports_a_loadable_model(project):
     with open(root / "reports" / "run" / "history.csv") as fh:
         header = next(csv.reader(fh))
     assert header[:2] == ["epoch", "step"] and {"loss/task", "train_acc", "source_val_acc", "lr"} <= set(header)
+    with open(root / "reports" / "run" / "steps.csv") as fh:          # the training curve: a row per 25 steps
+        steps = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in steps] == [18] and float(steps[0]["loss"]) > 0
+    assert 0.0 <= float(steps[0]["train_acc"]) <= 1.0
     metrics = json.loads((root / "reports" / "run" / "metrics.json").read_text())
     assert metrics["selected_round"] in (1, 2, 3) and metrics["images_per_second"] > 0 and metrics["steps"] == 18
     assert {"source_val_acc", "target_im", "target_entropy", "target_snd"} <= set(metrics["label_free"])
@@ -181,6 +185,23 @@ def test_interrupted_run_resumes_to_the_same_weights(project):
     b = torch.load(root / "ckpt" / "resumed" / "last.pt", weights_only=True)
     for key, value in a["modules"]["discriminator"].items():
         assert torch.equal(value, b["modules"]["discriminator"][key]), key
+
+
+def test_training_curve_rows_survive_an_interruption_mid_row(project, monkeypatch):
+    import pipeline.task.train as train_module
+
+    monkeypatch.setattr(train_module, "STEP_LOG_EVERY", 4)         # rows at 4, 8, 12, 16 and the last, 18
+    root, prepared = project
+    params = tiny_params(root, prepared, steps=18, select="last")   # rounds of 6 steps: row 5-8 spans a checkpoint
+    straight = train(params, "source_only", root, tag="straight")
+    with pytest.raises(Interrupted):
+        train(params, "source_only", root, tag="resumed", on_epoch_end=interrupt_after(1))
+    train(params, "source_only", root, tag="resumed")
+    read = lambda tag: (root / "reports" / tag / "steps.csv").read_text()   # noqa: E731
+    assert read("resumed") == read("straight")
+    rows = list(csv.DictReader(read("straight").splitlines()))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12, 16, 18] and straight.history[-1]["step"] == 18
+    assert all(float(r["loss"]) > 0 and 0 <= float(r["train_acc"]) <= 1 for r in rows)
 
 
 def test_checkpoint_from_other_params_is_moved_aside(project):

@@ -52,7 +52,8 @@ def test_parent_and_child_runs_with_params(store, default_raw):
     assert child.data.params["variant.method"] == "dann"
     assert child.data.params["variant.params.trade_off"] == "1.0"
     assert child.data.params["variant.target_bn"] == "True"
-    assert all(k.startswith("variant.") for k in child.data.params)
+    assert all(k.startswith(("variant.", "effective.")) for k in child.data.params)
+    assert child.data.params["effective.steps"] == "1000" and child.data.params["effective.budget"] in ("1", "1.0")
     assert "git_commit" in child.data.tags
     assert child.info.status == "FINISHED"
 

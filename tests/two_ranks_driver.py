@@ -1,10 +1,12 @@
-"""Run by ``tests/test_two_ranks.py`` under ``torchrun --standalone --nproc_per_node 2``.
+"""Run by ``tests/test_two_ranks.py`` under ``torchrun``: one ``--standalone --nproc_per_node 2``
+launcher, or two ``--nnodes 2 --nproc_per_node 1`` launchers that act as two nodes of one job.
 
 ``python tests/two_ranks_driver.py <tmp> [job ...]`` expects what the test prepared in ``<tmp>``:
 ``data/prepared``, ``task_model.pt`` (a frozen source-only task model) and one params file per job
-(``params-<job>.yaml``). Each rank works in its own empty folder ``<tmp>/rank<r>`` and runs the
-stages' ``main`` with absolute input paths and relative output paths, so whatever a rank writes
-lands in its own folder. MLflow tracking is whatever the environment says (the test turns it on).
+(``params-<job>.yaml``). Each rank works in its own empty folder ``<tmp>/rank<r>`` (``r``: the global
+rank, ``RANK``, whichever launcher started it) and runs the stages' ``main`` with absolute input
+paths and relative output paths, so whatever a rank writes lands in its own folder. MLflow
+tracking is whatever the environment says (the test turns it on).
 
 Jobs, in order, each one stage call. All share one process group: a stage's ``main`` leaves it
 (``shutdown``) when done, and a rank that joins a new group while another still works in the old
@@ -16,11 +18,15 @@ put off until all jobs ended.
 * ``dann``      -- ``stages.train_task --variant dann``.
 
 Each rank then saves the weights it ended with to ``<tmp>/weights-rank<r>.pt``:
-``{"gan": {net: state}, "gan_zero": {net: state}, "dann": {"model": state, "discriminator": state}}``.
+``{"gan": {net: state}, "gan_zero": {net: state}, "dann": {"model": state, "discriminator": state}}``
+(the jobs run), and what torchrun told it to ``<tmp>/launch-rank<r>.json``: ``RANK``, ``LOCAL_RANK``,
+``GROUP_RANK`` (the node's rank), ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` and ``launcher`` (the test's
+``TWO_RANKS_LAUNCHER``: which launcher started this rank).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,6 +91,10 @@ def main(tmp: Path, jobs: tuple[str, ...] = JOBS) -> None:
     runners = {"gan": run_gan, "gan_zero": run_gan, "dann": run_dann}
     weights = {job: runners[job](tmp, job) for job in jobs}
     torch.save(weights, tmp / f"weights-rank{rank}.pt")
+    keys = ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+    launch = {key: int(os.environ[key]) for key in keys}
+    launch["launcher"] = int(os.environ.get("TWO_RANKS_LAUNCHER", "0"))
+    (tmp / f"launch-rank{rank}.json").write_text(json.dumps(launch))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

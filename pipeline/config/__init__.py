@@ -33,6 +33,7 @@ from pipeline.config.schema import (
     TranslateParams,
     VariantParams,
     has_labelled_target,
+    scale_steps,
     trains_on_target,
 )
 from pipeline.typed import ConfigError, build_dataclass, flatten
@@ -42,6 +43,6 @@ __all__ = [
     "DomainSource", "RenderParams", "SceneParams", "DataParams", "AugmentStep", "GeneratorParams",
     "DiscriminatorParams", "LossWeights", "GanParams", "TranslateParams", "OptimizerParams", "DetectorParams",
     "TaskParams", "VariantParams", "Params",
-    "PREPARED_TARGET", "has_labelled_target", "trains_on_target", "unlabelled_target_refusal",
+    "PREPARED_TARGET", "has_labelled_target", "scale_steps", "trains_on_target", "unlabelled_target_refusal",
     "parse_params", "load_params",
 ]

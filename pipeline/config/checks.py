@@ -6,6 +6,7 @@ Every error is a one-line :class:`ConfigError` naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from pipeline import methods
@@ -21,6 +22,7 @@ def validate(p: Params) -> None:
     d = p.data
     checks: list[tuple[str, bool, str]] = [
         ("seed", p.seed >= 0, "a non-negative integer"),
+        ("budget", 0 < p.budget < math.inf, "a positive number (the multiplier of every step count; 1: as written)"),
         ("data.image_size", 8 <= d.image_size <= 4096, "an integer between 8 and 4096"),
         ("data.channels", d.channels in (1, 3), "1 (grey) or 3 (RGB)"),
         ("data.polarity", d.polarity in ("match", "keep"), "match or keep"),

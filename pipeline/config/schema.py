@@ -6,11 +6,13 @@ Built from a mapping by :func:`pipeline.config.load.parse_params` (the generic c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pipeline.typed import ConfigError
 
@@ -117,7 +119,7 @@ class GanParams:
     batch_size: int = 16
     epochs: int = 5
     decay_epochs: int = 3
-    steps_per_epoch: int = 150
+    steps_per_epoch: int = 150   # x budget
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     weights: LossWeights = field(default_factory=LossWeights)
@@ -170,8 +172,8 @@ class TaskParams:
     kind: Literal["classification", "detection"] = "classification"   # a key of KIND_SCHEMAS
     model: str = "small_cnn"
     width: int = 32
-    steps: int = 1500         # optimiser steps: the budget does not depend on the size of the training set
-    eval_every: int = 250     # steps between a source-val evaluation, a history row and a checkpoint
+    steps: int = 1500         # optimiser steps (x budget), whatever the size of the training set
+    eval_every: int = 250     # steps (x budget) between a source-val evaluation, a history row and a checkpoint
     batch_size: int = 64
     optimizer: OptimizerParams = field(default_factory=OptimizerParams)
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -188,16 +190,22 @@ class VariantParams:
                                  # selection (None: data/prepared/source/val; a translated variant: the translated val)
     augment: str = "default"     # the name of an `augment` pipeline for the labelled images
     params: dict = field(default_factory=dict)   # the method's own, validated by its Params dataclass
-    steps: Optional[int] = None  # this variant's budget in optimiser steps (None: task.steps)
+    steps: Optional[int] = None  # this variant's optimiser steps (None: task.steps), x budget
     target_bn: bool = False      # re-estimate BatchNorm statistics on the unlabelled real images before export (AdaBN)
     target_head: bool = False    # then make the classifier the class prototypes of the real images (classification; skipped for detection)
     labelled_batch: int = 0      # labelled real images (data/prepared/target/labelled) in every step; 0: none
+
+
+def scale_steps(count: int, budget: float) -> int:
+    """``count`` x ``budget`` rounded to a whole number (halves up), at least 1; ``budget`` 1 gives ``count``."""
+    return max(1, math.floor(count * budget + 0.5))
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int
     data: DataParams
+    budget: float = 1.0          # multiplies every step count (see effective()); never a network's size
     augment: dict[str, tuple[AugmentStep, ...]] = field(default_factory=dict)   # named pipelines
     gan: GanParams = field(default_factory=GanParams)
     translate: TranslateParams = field(default_factory=TranslateParams)
@@ -211,10 +219,64 @@ class Params:
         return self.variants[name]
 
     def fingerprint(self, *sections: str) -> str:
-        """Short hash of the named top-level sections (all when none): identifies what produced an output."""
+        """Short hash of the named top-level sections (all when none): identifies what produced an output.
+
+        ``budget`` is hashed only when it is not 1, so a budget of 1 (written or left out) keeps the
+        hashes, and the checkpoints, of the runs made before the knob existed.
+        """
         chosen = {k: self.raw.get(k) for k in (sections or sorted(self.raw))}
+        if chosen.get("budget") in (None, 1):    # absent (None) or 1
+            chosen.pop("budget", None)
         blob = json.dumps(chosen, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    # -- budget: the one place where it is applied ------------------------------------------------
+
+    def effective(self) -> "Params":
+        """These params with ``budget`` applied: the step counts a run uses. Every count is multiplied
+        by ``budget`` (:func:`scale_steps`: rounded, at least 1); nothing else changes (network widths,
+        batch sizes, image size and learning rates keep their own settings):
+
+        * each variant's ``steps`` (when it has its own) and ``task.steps`` (the others' budget), so
+          every variant's effective steps scale;
+        * ``task.eval_every``, so a run keeps its number of rounds (source-val scores, history rows,
+          checkpoints) and its evaluation cost stays the same share of the run;
+        * ``gan.steps_per_epoch``, not ``gan.epochs`` / ``gan.decay_epochs``: the learning rate is
+          constant for ``epochs x steps_per_epoch`` iterations, then decays linearly to 0 over
+          ``decay_epochs x steps_per_epoch``, so scaling the epoch's length scales both phases by the
+          same factor and keeps the schedule's shape exactly (rounding two epoch counts separately would
+          change their ratio, and would turn an ``epochs: 0`` into 1); and the diagnostics, sample grids,
+          history rows and checkpoints, written once per epoch, keep their number (6 by default) and
+          their cost instead of growing with the budget.
+
+        Budget 1 returns these params unchanged. The result has ``budget`` 1 (its counts hold it), so
+        applying it twice changes nothing; ``raw``, and so every fingerprint, stays as written.
+        """
+        if self.budget == 1:
+            return self
+        b = self.budget
+        task = dataclasses.replace(self.task, steps=scale_steps(self.task.steps, b),
+                                   eval_every=scale_steps(self.task.eval_every, b))
+        variants = {name: v if v.steps is None else dataclasses.replace(v, steps=scale_steps(v.steps, b))
+                    for name, v in self.variants.items()}
+        gan = dataclasses.replace(self.gan, steps_per_epoch=scale_steps(self.gan.steps_per_epoch, b))
+        return dataclasses.replace(self, budget=1.0, task=task, variants=variants, gan=gan)
+
+    def effective_task(self, variant: str) -> dict[str, float | int]:
+        """What the budget gives train_task@``variant``: ``{budget, steps, eval_every, rounds}`` (its own
+        ``steps``, else ``task.steps``, and ``task.eval_every``, both scaled by :meth:`effective`)."""
+        run = self.effective()
+        steps, eval_every = run.variant(variant).steps or run.task.steps, run.task.eval_every
+        return {"budget": self.budget, "steps": steps, "eval_every": eval_every,
+                "rounds": math.ceil(steps / eval_every)}
+
+    def effective_gan(self) -> dict[str, Any]:
+        """What the budget gives train_gan: ``{budget, gan: {steps_per_epoch, epochs, decay_epochs,
+        iterations}}`` (see :meth:`effective`)."""
+        gan = self.effective().gan
+        return {"budget": self.budget,
+                "gan": {"steps_per_epoch": gan.steps_per_epoch, "epochs": gan.epochs, "decay_epochs": gan.decay_epochs,
+                        "iterations": (gan.epochs + gan.decay_epochs) * gan.steps_per_epoch}}
 
 
 PREPARED_TARGET = Path("data/prepared/target")

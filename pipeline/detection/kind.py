@@ -48,6 +48,19 @@ class DetectorNet(nn.Module):
         return losses_and_features(self.model, x, targets)
 
 
+class OneImageDetector(nn.Module):
+    """``image (C, H, W) -> (boxes (D, 4) xyxy pixels, scores (D,), labels (D,))``: the detector as an
+    exported file runs it (torchvision's detectors take a list of images and return dicts)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        found = self.model([image])[0]
+        return found["boxes"], found["scores"], found["labels"]
+
+
 def _location_vectors(maps: torch.Tensor) -> torch.Tensor:
     """``(N, D, h, w) -> (N*h*w, D)``: one vector per feature-map location (an image-level domain
     classifier applied at every location, as in Domain Adaptive Faster R-CNN)."""
@@ -59,12 +72,29 @@ class Detection(TaskKind):
     score_name = "source_val_map50"
     short_score = "map50"
     served_output = "detections"
+    ships_per_image = True
     dataset_type = DetectionSet
     prepare_with = "pipeline.data.prepare_detection:prepare_detection"
     report_with = "pipeline.detection.report:report_stage"
 
     def evaluate(self, model, meta, params, variant, test_set, out_dir, tracker, device):
         return evaluate_detector(model, meta, variant, test_set, out_dir, tracker, device)
+
+    def shipped_module(self, model):
+        return OneImageDetector(model)
+
+    def shipped_outputs(self, meta):
+        size = meta["image_size"]
+        return [{"name": "boxes", "shape": ["detections", 4], "dtype": "float32",
+                 "meaning": f"x1, y1, x2, y2 in pixels of the {size}x{size} input (times width / {size} and "
+                            f"height / {size}: pixels of the original image)"},
+                {"name": "scores", "shape": ["detections"], "dtype": "float32",
+                 "meaning": "confidence in [0, 1], after the score threshold and non-maximum suppression"},
+                {"name": "labels", "shape": ["detections"], "dtype": "int64", "meaning": "index into classes"}]
+
+    def predictions(self, model, x):
+        return [{"boxes": d["boxes"].numpy(), "scores": d["scores"].numpy(), "labels": d["labels"].numpy()}
+                for d in predict(model, x)]
 
     def pseudo_targets(self, net, images, threshold):
         """The detections of ``images`` scoring at least ``threshold``, as box targets (copies made
@@ -91,10 +121,6 @@ class Detection(TaskKind):
 
     def feature_dim(self, model):
         return feature_channels(model)
-
-    def dataset(self, folder, params, labels=True, transform=None):
-        d = params.data
-        return self.dataset_type(folder, d.classes, d.channels, d.image_size, labels=labels, transform=transform)
 
     def build_augment(self, steps, seed, key):
         return build_box_augment(steps, seed, key=key)

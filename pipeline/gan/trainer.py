@@ -11,6 +11,11 @@ the Lipschitz interpolation (own generators, checkpointed). A checkpoint is writ
 epoch, so a rerun after an interruption continues from the last finished epoch and ends with
 exactly the weights of an uninterrupted run (single process; under ``torchrun`` every rank
 resumes from rank 0's state).
+
+``budget`` multiplies ``gan.steps_per_epoch`` (:meth:`~pipeline.config.Params.effective`: the
+learning-rate schedule keeps its shape and the per-epoch diagnostics their number); the trainer
+reads only the effective settings. On a terminal rank 0 shows a tqdm bar per epoch; elsewhere it logs
+a progress line at most every :data:`~pipeline.progress.INTERVAL_S` seconds (:mod:`pipeline.progress`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pipeline.gan.diagnostics import BalanceDiagnostics
 from pipeline.gan.export import GENERATOR_FILE, export_generator
 from pipeline.guards import check_finite
 from pipeline.io import atomic_directory, save_png, write_json, write_table
+from pipeline.progress import Progress, log_progress
 from pipeline.provenance import execution, provenance, write_provenance
 from pipeline.reproducibility import code_digest, content_digest, seed_everything
 from pipeline.task.kinds import task_kind
@@ -47,7 +53,7 @@ from pipeline.task.provision import ensure_task_model, load_frozen_task_model
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_SECTIONS = ("seed", "data", "gan")
+FINGERPRINT_SECTIONS = ("seed", "data", "gan", "budget")   # budget: hashed only when not 1
 
 
 def run_fingerprint(params: Params, prepared: str | Path, task_sha256: str) -> str:
@@ -99,7 +105,7 @@ class GanTrainer:
 
     def __init__(self, params: Params, data: GanData, task_model: nn.Module, fingerprint: str,
                  paths: GanPaths = GanPaths(), tracker: Any = None, runtime: Optional[Runtime] = None):
-        gan = params.gan
+        gan = params.effective().gan     # budget applied: steps_per_epoch scaled
         self.params, self.gan, self.paths = params, gan, paths
         self.runtime = runtime or Runtime(torch.device("cpu"))
         self.tracker = tracker
@@ -127,6 +133,7 @@ class GanTrainer:
         self.epoch = 0          # finished epochs
         self.step = 0           # finished iterations
         self.resumed_from = 0
+        self.progress: Optional[Progress] = None   # set by fit()
 
     @property
     def total_epochs(self) -> int:
@@ -139,6 +146,8 @@ class GanTrainer:
         finished epochs, as an interruption would); returns the last epoch's record."""
         self.resume()
         stop = self.total_epochs if max_epochs is None else min(max_epochs, self.total_epochs)
+        self.progress = Progress("train_gan", self.total_epochs * self.gan.steps_per_epoch, self.step,
+                                 unit="iteration", log=log, enabled=log_progress(self.runtime.is_main))
         while self.epoch < stop:
             started = time.perf_counter()
             record = {"epoch": self.epoch + 1, **self.train_epoch(self.epoch)}
@@ -169,6 +178,8 @@ class GanTrainer:
             check_finite(terms, "train_gan", self.step, epoch + 1, self.checkpointer.path, self.runtime.distributed)
             for k, v in terms.items():
                 sums[k] += v.float()
+            if self.progress is not None:
+                self.progress.update(self.step)
             if i % 10 == 0 or i == self.gan.steps_per_epoch - 1:
                 bar.set_postfix({k: f"{float(terms[k]):.3f}" for k in ("g_total", "d_total", "cycle_source", "task")
                                  if k in terms})
@@ -208,7 +219,7 @@ class GanTrainer:
             final = self.history[-1]
             write_json(self.paths.reports / "metrics.json",
                        {**final, "epochs_total": self.total_epochs, "steps": self.step,
-                        "finished": self.epoch >= self.total_epochs})
+                        "effective": self.params.effective_gan(), "finished": self.epoch >= self.total_epochs})
 
     def save_samples(self, scale: int = 3) -> Path:
         path = self.paths.reports / "samples.png"
@@ -279,7 +290,8 @@ def train_gan(params: Params, prepared: str | Path = "data/prepared",
         with atomic_directory(paths.models) as tmp:
             trainer.export(tmp / GENERATOR_FILE, task_sha, renders_inverted(prepared))
             record = provenance(params, "train_gan", FINGERPRINT_SECTIONS, fingerprint=fingerprint,
-                                task_model=str(task_model_path), task_model_sha256=task_sha)
+                                task_model=str(task_model_path), task_model_sha256=task_sha,
+                                effective=params.effective_gan())
             write_provenance(tmp, record)
         if tracker is not None:
             tracker.log_dict(execution({**record, "resumed_from_epoch": trainer.resumed_from}), "provenance.json")

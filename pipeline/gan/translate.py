@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.cli import UserError
+from pipeline.cli import UserError, help_text
 from pipeline.data.images import BadImageError, is_image_file, load_image
 from pipeline.data.manifest import (MANIFEST_NAME, ImageSet, ManifestError, label_origin, read_manifest, to_tensor,
                                     to_uint8, write_label_origin)
@@ -209,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def _cli(argv: Sequence[str]) -> None:
-    ap = argparse.ArgumentParser(prog="sim2real-translate", description=__doc__,
+    ap = argparse.ArgumentParser(prog="sim2real-translate", description=help_text(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", default="models/gan/generator.pt", help="an exported generator.pt")
     ap.add_argument("--input", required=True, help="a folder with manifest.csv, or any folder of images")

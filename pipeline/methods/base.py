@@ -4,7 +4,7 @@ Each optimiser step the loop hands the method a :class:`StepBatch` (a labelled b
 of an unlabelled real batch the method asked for) and the task kind's network ``net``; the method
 returns a :class:`StepOutput` with the loss to minimise. A method that works for every task kind
 (:mod:`pipeline.task.kinds`) gets the supervised loss and features from ``ctx.kind.supervised``; one
-that needs class probabilities (self-training) says so in ``kinds``. Besides that a method may own
+that works for some task kinds only names them in ``kinds``. Besides that a method may own
 extra trainable modules (a domain discriminator), override the learning-rate rule and keep state
 that checkpoints must restore (running statistics). Nothing else about training is its business:
 data order, checkpoints, DDP, tracking and model selection belong to the loop.
@@ -68,7 +68,7 @@ class Method:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    kinds: ClassVar[tuple[str, ...]] = ("classification", "detection")   # task kinds it supports
+    kinds: ClassVar[Optional[tuple[str, ...]]] = None   # the task kinds it supports; None: every kind
     reads_labelled_real: ClassVar[bool] = False   # uses StepBatch.labelled_real (a variant's labelled_batch > 0)
 
     def __init__(self, params: Any, ctx: MethodContext):

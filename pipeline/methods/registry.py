@@ -60,7 +60,7 @@ def check_variant(name: str, variant: Any, task_kind: str, augment_names: Collec
     ``variants.<name>.<key>``."""
     params = parse_params(variant.method, variant.params, f"variants.{name}.params")
     method = get(variant.method)
-    if task_kind not in method.kinds:
+    if method.kinds is not None and task_kind not in method.kinds:
         raise ConfigError(f"variants.{name}.method: {variant.method!r} works for task.kind "
                           f"{' or '.join(method.kinds)}, not {task_kind!r}; remove variants.{name} or choose "
                           "another method")

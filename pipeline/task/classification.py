@@ -114,6 +114,20 @@ class Classification(TaskKind):
     def served_width(self, meta):
         return len(meta["classes"])
 
+    def shipped_module(self, model):
+        return model
+
+    def shipped_outputs(self, meta):
+        return [{"name": "logits", "shape": ["batch", len(meta["classes"])], "dtype": "float32",
+                 "meaning": "one score per class, in the order of classes; softmax over the last axis gives "
+                            "the class probabilities, argmax the predicted class"}]
+
+    @torch.inference_mode()
+    def predictions(self, model, x):
+        model.eval()
+        logits = classify_features(model, extract_features(model, x)).float().cpu().numpy()  # as predict() does
+        return [{"logits": row} for row in logits]
+
     def build_model(self, params: Params) -> nn.Module:
         try:
             return build_task_model(params.task.model, params.data.channels, len(params.data.classes),
@@ -129,10 +143,6 @@ class Classification(TaskKind):
 
     def feature_dim(self, model: nn.Module) -> int:
         return feature_dim(model)
-
-    def dataset(self, folder, params, labels=True, transform=None):
-        d = params.data
-        return self.dataset_type(folder, d.classes, d.channels, d.image_size, labels=labels, transform=transform)
 
     def build_augment(self, steps, seed, key):
         return build_augment(steps, seed, key=key)

@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.checkpoint import CheckpointError, load_weights_only, save_atomic
 from pipeline.config import Params
-from pipeline.task.kinds import kind_of_config
+from pipeline.task.kinds import LEGACY_KIND, kind_of_config
 
 MODEL_FILE = "model.pt"
 
@@ -41,7 +41,7 @@ def check_model_matches(meta: dict[str, Any], params: Params, path: Path,
     expected = {"classes": list(params.data.classes), "channels": params.data.channels,
                 "image_size": params.data.image_size, "kind": params.task.kind}
     for key, want in expected.items():
-        have = meta.get(key, "classification" if key == "kind" else None)   # older exports are classifiers
+        have = meta.get(key, LEGACY_KIND if key == "kind" else None)   # older exports are classifiers
         if key == "classes" and have is not None:
             have = list(have)
         if have != want:

@@ -14,7 +14,9 @@ a method nor the loop forks per kind (classification | detection):
 * prepare: class folders or manifests | COCO files or the built-in scenes;
 * the evaluate stage's report of one variant, and the report stage's comparison and pick;
 * capabilities a method or the loop asks about: class probabilities per image (self-training's
-  thresholded pseudo-labels and clusters), a linear head to replace by class prototypes.
+  thresholded pseudo-labels and clusters), a linear head to replace by class prototypes;
+* what a shipped file runs and returns (``sim2real export`` / ``predict``): a batch to logits | one
+  image to boxes, scores and labels.
 
 This module is the interface; each kind is one module (:mod:`pipeline.task.classification`,
 :mod:`pipeline.detection.kind`) registered in :mod:`pipeline.task.kinds`. No other module compares
@@ -94,6 +96,25 @@ class TaskKind:
         """Columns of a served model's output (0: not a fixed-width array)."""
         return 0
 
+    # -- shipping a model outside the pipeline (sim2real export / predict: pipeline/ship) -----------
+    ships_per_image: ClassVar[bool] = False  # an exported file takes one image (C, H, W), not a batch
+
+    def shipped_module(self, model: nn.Module) -> nn.Module:
+        """What an exported file (TorchScript, ONNX) runs: float32 images in [-1, 1], a batch
+        ``(N, C, H, W)`` or, when :attr:`ships_per_image`, one image ``(C, H, W)``, to the tensors
+        :meth:`shipped_outputs` names, in that order (a lone tensor when it names one)."""
+        raise NotImplementedError
+
+    def shipped_outputs(self, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The exported file's outputs in order, each ``{"name", "shape", "dtype", "meaning"}`` (written
+        into the JSON beside the file, for its callers)."""
+        raise NotImplementedError
+
+    def predictions(self, model: nn.Module, x: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """Per-image outputs (named as in :meth:`shipped_outputs`) of ``model`` on the batch ``x``, in
+        eval mode without gradients: what ``sim2real predict`` writes."""
+        raise NotImplementedError
+
     def pseudo_targets(self, net: nn.Module, images: torch.Tensor, threshold: float) -> list[Any]:
         """Training targets from the model's own confident predictions on ``images`` (self-training of a
         kind without class probabilities), one per image, each possibly empty."""
@@ -118,7 +139,9 @@ class TaskKind:
         raise NotImplementedError
 
     def dataset(self, folder: str | Path, params: Params, labels: bool = True, transform=None) -> Dataset:
-        raise NotImplementedError
+        """A prepared split of this kind (``labels=False``: its labels unread; ``transform``: augmentation)."""
+        d = params.data
+        return self.dataset_type(folder, d.classes, d.channels, d.image_size, labels=labels, transform=transform)
 
     def build_augment(self, steps: Sequence[AugmentStep], seed: int, key: str):
         raise NotImplementedError

@@ -8,7 +8,9 @@ views of an unlabelled batch of real images (``data/prepared/target/train``); th
 rate, checkpoints, DDP, non-finite guard, model selection, label-free scores and reports are shared.
 
 Budgets are in optimiser steps (``task.steps``, or a variant's own ``steps``), not epochs, so a small training set (a few
-hundred real images for the oracle) gets as many updates as a large one. Every ``task.eval_every``
+hundred real images for the oracle) gets as many updates as a large one; ``budget`` multiplies them and
+``task.eval_every`` (:meth:`~pipeline.config.Params.effective`, resolved once in
+:class:`~pipeline.task.variant.Variant`), so the number of rounds stays the same. Every ``task.eval_every``
 steps (a "round") the loop evaluates the kind's score (accuracy, mAP@.5) on the labelled synthetic
 ``source/val``, writes a history row and a full-state checkpoint. With progress ``p = step / steps`` in [0, 1):
 
@@ -29,6 +31,9 @@ Data order and augmentations come from generators seeded by ``(seed, round, ...)
 checkpoint holds every network, the optimiser, the method's state and the RNG states, so a resumed
 run continues exactly as the uninterrupted run would have. The identity of a run (its checkpoint
 fingerprint) covers the params, the project's code and the data.
+
+Where stderr is not a terminal (DVC, a batch job), rank 0 logs a progress line at most every
+:data:`~pipeline.progress.INTERVAL_S` seconds (:mod:`pipeline.progress`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
 from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
 from pipeline.methods.base import Method, StepBatch
+from pipeline.progress import Progress, log_progress
 from pipeline.reproducibility import derive_seed, seed_everything
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
@@ -64,6 +70,7 @@ from pipeline.task.variant import FINGERPRINT_SECTIONS, PREPARED, Variant
 logger = logging.getLogger(__name__)
 
 COLLAPSE_RATIO = 0.5      # a final source-val accuracy below half the best means the run destroyed what it learned
+STEP_LOG_EVERY = 25       # optimiser steps per row of reports/train/<variant>/steps.csv (the training curve)
 __all__ = ["FINGERPRINT_SECTIONS", "RunState", "TrainResult", "collapse_guard", "export_task_model", "train_task_model"]
 
 # Streams of derive_seed(seed, round, STREAM, ...): one generator per purpose.
@@ -133,11 +140,13 @@ class RoundTotals:
 
 def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer, data: TrainData,
                 samplers: Samplers, params: Params, run: "RunState", rt: Runtime, stage: str,
-                checkpoint: Optional[Path], total_steps: int) -> dict[str, float]:
+                checkpoint: Optional[Path], total_steps: int, progress: Optional[Progress] = None) -> dict[str, float]:
     """Up to ``task.eval_every`` steps (fewer in the last round); returns the round's means and last lr.
 
+    ``params`` are the effective ones (``budget`` applied: :meth:`~pipeline.config.Params.effective`).
     A NaN or infinite loss term stops training at once (:func:`~pipeline.guards.check_finite`),
     naming ``stage``, the term and the step; ``checkpoint`` (the last good one) is left as it is.
+    ``progress`` is told each finished step (it only reads a clock).
     """
     task, rnd, kind = params.task, run.epoch, task_kind(params)
     steps = min(task.eval_every, total_steps - run.step)
@@ -176,6 +185,9 @@ def train_round(net: nn.Module, method: Method, optimizer: torch.optim.Optimizer
         check_finite(out.terms, stage, run.step, rnd + 1, checkpoint, rt.distributed)
         correct = kind.correct(out.logits, y) if out.logits is not None else None
         totals.add(correct or 0, len(x), {**{f"loss/{k}": float(v.detach()) for k, v in out.terms.items()}, **out.stats})
+        log_step(run, float(out.loss.detach()), correct, len(x), total_steps)
+        if progress is not None:
+            progress.update(run.step)
     run.train_seconds += time.perf_counter() - started
     run.images_seen += int(totals.images) * rt.world_size
     return {**totals.means(rt, accuracy=kind.train_accuracy), "lr": lr}
@@ -210,6 +222,24 @@ class RunState:
     top_state: Optional[dict[str, torch.Tensor]] = None
     train_seconds: float = 0.0
     images_seen: int = 0
+    steps_log: list[dict[str, float]] = field(default_factory=list)   # rows of steps.csv
+    step_window: dict[str, float] = field(default_factory=dict)       # sums of the row being filled
+
+
+def log_step(run: RunState, loss: float, correct: Optional[int], images: int, total_steps: int) -> None:
+    """Add the step just taken (``run.step``) to the training curve: every :data:`STEP_LOG_EVERY` steps
+    (and at the last one) a row ``{step, loss, train_acc}`` of the means over those steps (this rank's
+    batches; ``train_acc`` only when the kind has one)."""
+    window = run.step_window
+    for key, value in (("loss", loss), ("steps", 1), ("correct", correct or 0), ("images", images)):
+        window[key] = window.get(key, 0) + value
+    if run.step % STEP_LOG_EVERY and run.step < total_steps:
+        return
+    row = {"step": run.step, "loss": window["loss"] / window["steps"]}
+    if correct is not None:
+        row["train_acc"] = window["correct"] / max(window["images"], 1)
+    run.steps_log.append(row)
+    run.step_window = {}
 
 
 def _state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -269,7 +299,8 @@ def train_task_model(params: Params, name: str, runtime: Runtime, tracker, check
 
     ``on_epoch_end(round, row)`` runs after each round's checkpoint (tests use it to interrupt a run).
     """
-    variant = Variant.resolve(params, name, prepared)
+    variant = Variant.resolve(params, name, prepared)     # its steps and eval_every with the budget applied
+    effective = params.effective()                        # the same counts, for the samplers and the rounds
     v, task, rt, kind = variant.entry, params.task, runtime, task_kind(params)
     seed_everything(params.seed)
     model = kind.build_model(params).to(rt.device)
@@ -281,17 +312,17 @@ def train_task_model(params: Params, name: str, runtime: Runtime, tracker, check
     checkpointer = Checkpointer(checkpoint_dir, variant.run_fingerprint(params, data.folders))
     saved = resume(checkpointer, rt)
     run = _restore(saved, model, method, optimizer) if saved else RunState()
-    total_steps = variant.steps
-    rounds = math.ceil(total_steps / task.eval_every)
+    total_steps, rounds = variant.steps, variant.rounds
     if saved:
         log.info("%s: %s", name, f"resuming after round {run.epoch} of {rounds}" if run.epoch < rounds
                  else "checkpoint holds the finished run; exporting it without training")
 
     net = wrap(kind.network(model), rt)
-    samplers = make_samplers(params, data, method, rt)
+    samplers = make_samplers(effective, data, method, rt)
+    progress = Progress(f"train_task@{name}", total_steps, run.step, log=log, enabled=log_progress(rt.is_main))
     while run.epoch < rounds:
-        row = train_round(net, method, optimizer, data, samplers, params, run, rt, f"train_task@{name}",
-                          checkpointer.path, total_steps)
+        row = train_round(net, method, optimizer, data, samplers, effective, run, rt, f"train_task@{name}",
+                          checkpointer.path, total_steps, progress)
         run.epoch += 1
         sync_buffers(rt, model, *method.modules().values())  # BatchNorm statistics: rank 0's on every rank
         row = {"epoch": run.epoch, "step": run.step, **row,
@@ -336,6 +367,7 @@ def train_task_model(params: Params, name: str, runtime: Runtime, tracker, check
             result.metrics["target_predicted"] = predicted
         tracker.log_metrics({f"label_free.{k}": v for k, v in result.metrics["label_free"].items()})
         write_table(Path(reports_dir) / "history.csv", run.history)
+        write_table(Path(reports_dir) / "steps.csv", run.steps_log, first="step")
         write_json(Path(reports_dir) / "metrics.json", result.metrics)
     return result
 
@@ -352,7 +384,8 @@ def _result(params: Params, variant: Variant, run: RunState, model: nn.Module, w
             "params_hash": variant.params_hash(params)}
     metrics = {
         "variant": name, "method": v.method, "uses_target_labels": target_labels, "few_target_labels": few,
-        "steps": run.step, "rounds": run.epoch, "select": params.task.select, "selected_round": run.best_epoch,
+        "steps": run.step, "rounds": run.epoch, "effective": params.effective_task(name),
+        "select": params.task.select, "selected_round": run.best_epoch,
         "selected_source_val_acc": run.best_val_acc, "val": variant.val.as_posix(),
         "warnings": warnings, "target_bn": v.target_bn,
         "target_head": v.target_head and task_kind(params).prototype_head,

@@ -2,9 +2,11 @@
 
 ``Variant.resolve(params, name, prepared)`` looks the name up once (an unknown name is a
 :class:`~pipeline.config.ConfigError`) and everything the training loop needs to know about the
-variant follows from the resolved object: its budget in optimiser steps (its own ``steps``, else
-``task.steps``), where its source-val score is measured, whether it learns from real labels, and
-the hash of the params that shape it (part of its checkpoint's fingerprint).
+variant follows from the resolved object: its optimiser steps (its own ``steps``, else ``task.steps``)
+and steps per round (``task.eval_every``), both scaled by ``budget``
+(:meth:`~pipeline.config.Params.effective_task`), where its source-val score is measured, whether it
+learns from real labels, and the hash of the params that shape it (part of its checkpoint's
+fingerprint; ``budget`` counts in it when it is not 1).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -25,7 +28,7 @@ SOURCE_VAL = "source/val"
 TARGET_TRAIN = "target/train"
 TARGET_LABELLED = "target/labelled"   # a few labelled real images a variant may train on (labelled_batch > 0)
 TARGET_PICK = "target/pick"           # labelled real images no variant trains on: the report chooses with them
-FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task")
+FINGERPRINT_SECTIONS = ("seed", "data", "augment", "task", "budget")   # budget: hashed only when not 1
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,20 @@ class Variant:
 
     name: str
     entry: VariantParams
-    steps: int                  # the budget in optimiser steps: the entry's own ``steps``, else ``task.steps``
+    steps: int                  # optimiser steps: the entry's own ``steps``, else ``task.steps``, x budget
+    eval_every: int             # steps per round: ``task.eval_every`` x budget
     prepared: Path = PREPARED
 
     @classmethod
     def resolve(cls, params: Params, name: str, prepared: str | Path = PREPARED) -> "Variant":
         entry = params.variant(name)
-        return cls(name, entry, entry.steps or params.task.steps, Path(prepared))
+        effective = params.effective_task(name)
+        return cls(name, entry, effective["steps"], effective["eval_every"], Path(prepared))
+
+    @property
+    def rounds(self) -> int:
+        """Rounds of :attr:`eval_every` steps (the last one may be shorter)."""
+        return math.ceil(self.steps / self.eval_every)
 
     @property
     def val(self) -> Path:
@@ -76,7 +86,8 @@ class Variant:
         return bool(self.entry.labelled_batch) and "real" not in self.label_origins()
 
     def params_hash(self, params: Params) -> str:
-        """Hash of the params sections that shape training plus the variant's own entry."""
+        """Hash of the params sections that shape training (``budget`` only when not 1, so budget 1 keeps
+        the hashes made before it existed) plus the variant's own entry."""
         entry = dataclasses.asdict(self.entry)
         blob = json.dumps({"params": params.fingerprint(*FINGERPRINT_SECTIONS), "variant": self.name, "entry": entry},
                           sort_keys=True, default=str).encode()
