@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO, deep_update
+from test_gan_training import project  # noqa: F401  (fixture)
 from pipeline.config import ConfigError, parse_params, scale_steps
 from pipeline.gan import trainer as gan_trainer
 from pipeline.task.variant import FINGERPRINT_SECTIONS as TASK_SECTIONS
@@ -184,20 +185,11 @@ def test_task_training_runs_the_effective_steps(tmp_path):
     assert metrics["effective"] == {"budget": 2.0, "steps": 8, "eval_every": 4, "rounds": 2}
 
 
-def test_gan_training_runs_the_effective_iterations(tmp_path, tiny_raw, monkeypatch):
-    from test_gan_training import make_split, read_history, run_stage, write_params
-    from pipeline.task.export import save_task_model
-    from pipeline.task.models import build_task_model
+def test_gan_training_runs_the_effective_iterations(project, tiny_raw):
+    from test_gan_training import read_history, run_stage, write_params
 
-    prepared = tmp_path / "data" / "prepared"
-    make_split(prepared / "source" / "train", 24, 0)
-    make_split(prepared / "source" / "val", 12, 1)
-    make_split(prepared / "target" / "train", 10, 2, labelled=False)
-    meta = {"classes": [str(i) for i in range(10)], "channels": 1, "image_size": 16}
-    save_task_model(tmp_path / "models/task/source_only/model.pt", build_task_model("small_cnn", 1, 10, width=4).eval(),
-                    meta)
+    tmp_path = project                                            # data, a frozen task model, tiny params
     write_params(tmp_path, {**tiny_raw, "budget": 2})           # 1 + 1 epochs of 2 steps, x 2
-    monkeypatch.chdir(tmp_path)
     run_stage(tmp_path)
 
     metrics = json.loads((tmp_path / "reports/gan/metrics.json").read_text())

@@ -10,6 +10,7 @@ import torch
 
 from pipeline import progress as progress_module
 from pipeline.progress import INTERVAL_S, Progress, duration, log_progress
+from test_gan_training import project  # noqa: F401  (fixture)
 
 
 class FakeClock:
@@ -122,21 +123,11 @@ def test_task_training_logs_each_step_and_changes_no_number(tmp_path, caplog, ev
     assert all(torch.equal(a, b) for a, b in zip(logged.model.state_dict().values(), quiet.model.state_dict().values()))
 
 
-def test_gan_training_logs_each_iteration(tmp_path, tiny_raw, caplog, every_update, monkeypatch):
-    from test_gan_training import make_split, run_stage, write_params
-    from pipeline.task.export import save_task_model
-    from pipeline.task.models import build_task_model
+def test_gan_training_logs_each_iteration(project, caplog, every_update):
+    from test_gan_training import run_stage
 
     caplog.set_level(logging.INFO)
-    prepared = tmp_path / "data" / "prepared"
-    make_split(prepared / "source" / "train", 24, 0)
-    make_split(prepared / "source" / "val", 12, 1)
-    make_split(prepared / "target" / "train", 10, 2, labelled=False)
-    meta = {"classes": [str(i) for i in range(10)], "channels": 1, "image_size": 16}
-    save_task_model(tmp_path / "models/task/source_only/model.pt", build_task_model("small_cnn", 1, 10, width=4).eval(),
-                    meta)
-    write_params(tmp_path, tiny_raw)                     # 1 + 1 epochs of 2 iterations
-    monkeypatch.chdir(tmp_path)
+    tmp_path = project                                   # tiny params: 1 + 1 epochs of 2 iterations
     run_stage(tmp_path)
     lines = progress_lines(caplog, "train_gan: iteration")
     assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
