@@ -256,3 +256,71 @@ def test_the_readme_method_example_registers_validates_and_trains(tmp_path):
         assert set(out.terms) == {"task", "entropy"} and net.head.weight.grad.abs().sum() > 0
     finally:
         methods.unregister("entropy_min")
+
+
+class NormedNet(LinearNet):
+    """``x -> (x, W BN(x) + b)``: a network with buffers (BatchNorm statistics) for the mean teacher."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, x):
+        return x, self.head(self.norm(x))
+
+
+def test_mean_teacher_follows_the_student_by_its_momentum_and_survives_a_checkpoint():
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    parse = lambda raw: methods.parse_params("self_training", raw, "params")   # noqa: E731
+    method = methods.get("self_training")(parse({"teacher_momentum": 0.75, "pseudo_labels": "prediction"}), ctx)
+    student = NormedNet()
+    method.before_step(student, 0, None)                         # the first step copies the student
+    assert method.teacher is not student
+    assert all(torch.equal(a, b) for a, b in zip(method.teacher.state_dict().values(), student.state_dict().values()))
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    before = method.teacher.head.weight.clone()
+    with torch.no_grad():
+        student.head.weight.add_(4.0)
+        student.norm.running_mean.fill_(3.0)
+    method.before_step(student, 1, None)
+    torch.testing.assert_close(method.teacher.head.weight, 0.75 * before + 0.25 * student.head.weight)
+    assert torch.equal(method.teacher.norm.running_mean, student.norm.running_mean)   # buffers copied
+
+    # resumed from its state, the next update gives the teacher of the uninterrupted run
+    resumed = methods.get("self_training")(method.params, ctx)
+    resumed.load_state_dict(method.state_dict())
+    with torch.no_grad():
+        student.head.weight.mul_(-1)
+    method.before_step(student, 2, None)
+    resumed.before_step(student, 2, None)
+    for key, value in method.teacher.state_dict().items():
+        torch.testing.assert_close(resumed.teacher.state_dict()[key], value)
+
+
+def test_with_a_mean_teacher_the_pseudo_labels_are_the_teachers():
+    ctx = MethodContext(2, 2, torch.device("cpu"), KINDS["classification"])
+    params = methods.parse_params("self_training", {"teacher_momentum": 0.99, "pseudo_labels": "prediction",
+                                                    "alignment": False, "threshold": 0.1}, "params")
+    method = methods.get("self_training")(params, ctx)
+    net = LinearNet()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.tensor([[-3.0, 0.0], [3.0, 0.0]]))
+        net.head.bias.zero_()
+    method.before_step(net, 0, None)                  # the teacher: right on the blobs
+    with torch.no_grad():
+        net.head.weight.mul_(-1)                       # the student: wrong on every image
+    g = torch.Generator().manual_seed(0)
+    xt, yt = blobs(8, 0.0, g)
+    out = method.loss(net, StepBatch(xt, yt, {"weak": xt, "strong": xt}, {"weak": xt}), 0.9)
+    expected = torch.nn.functional.cross_entropy(net(xt)[1], yt)
+    assert out.stats["mask_rate"] == 1.0
+    torch.testing.assert_close(out.terms["unlabelled"], expected)
+    with pytest.raises(Exception, match=r"params\.teacher_momentum"):
+        methods.parse_params("self_training", {"teacher_momentum": 1.0}, "params")
+
+
+def test_self_training_with_a_mean_teacher_still_adapts():
+    source_only = train("supervised", {}, net_class=LiftedNet)
+    self_trained = train("self_training", {"weak": None, "strong": "strong", "ramp": 0.2, "refresh": 20,
+                                           "teacher_momentum": 0.9}, net_class=LiftedNet)
+    assert source_only < 0.92 and self_trained > 0.97

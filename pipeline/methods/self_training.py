@@ -48,6 +48,12 @@ the mean of its labelled real images' features, and those images stay in their o
 through the updates. Naming each cluster by its labelled members is what the label-free seeds get
 wrong when a real class sits nearer another class's renders.
 
+With ``teacher_momentum`` above 0 the readings come from a mean teacher (Tarvainen & Valpola 2017;
+DAFormer and MIC label their target images with one): a copy of the network whose weights follow the
+student's, ``theta_t <- a theta_t + (1 - a) theta_s`` at every step (BatchNorm statistics copied),
+gives ``p_w``, ``tau``, the renders' class means and the clustering features, so that the labels
+the student is taught do not jump with its last steps; the student alone is trained and exported.
+
 A real image's pseudo-label is then the class of the centroid nearest its weak view's features,
 ``argmax_k cos(f(t_w), c_k)``, which uses where the *other* real images lie rather than only the
 model's reading of this one; the confidence mask still decides which images are taught. On the
@@ -71,6 +77,7 @@ is left out rather than taught that it holds nothing).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -104,6 +111,7 @@ class SelfTrainingParams:
     refresh: int = 50             # steps between two clusterings of the real images (pseudo_labels: cluster)
     cluster_iterations: int = 2   # hard k-means updates after the soft seeding
     seeds: str = "source"         # source (the labelled renders' class means) | predictions (the model's, aligned)
+    teacher_momentum: float = 0.0  # 0: the student reads the real images itself; e.g. 0.99: a mean teacher does
 
     def __post_init__(self) -> None:
         check_fields((name, ok, f"{expected}, got {getattr(self, name)!r}") for name, ok, expected in (
@@ -117,7 +125,8 @@ class SelfTrainingParams:
             ("seeds", self.seeds in SEEDS, f"one of {', '.join(SEEDS)}"),
             ("refresh", isinstance(self.refresh, int) and self.refresh >= 1, "a whole number of steps >= 1"),
             ("cluster_iterations", isinstance(self.cluster_iterations, int) and self.cluster_iterations >= 0,
-             "a whole number >= 0")))
+             "a whole number >= 0"),
+            ("teacher_momentum", 0 <= self.teacher_momentum < 1, "a number in [0, 1)")))
 
 
 def ramp_weight(progress: float, ramp: float) -> float:
@@ -138,6 +147,8 @@ class SelfTraining(Method):
         self.running_mean = torch.full((ctx.num_classes,), 1.0 / ctx.num_classes, device=ctx.device)
         self.centroids: Optional[torch.Tensor] = None   # (K, D) class centroids of the real images' features
         self.source_means = torch.zeros(ctx.num_classes, ctx.feature_dim, device=ctx.device)   # seeds: source
+        self.teacher: Optional[nn.Module] = None     # teacher_momentum > 0: the mean teacher
+        self.teacher_state: Optional[dict[str, Any]] = None   # a resumed teacher, loaded when the net is known
 
     @property
     def uses_clusters(self) -> bool:
@@ -146,21 +157,42 @@ class SelfTraining(Method):
     def before_step(self, net: nn.Module, step: int, real: Optional[Any], labelled: Optional[Any] = None) -> None:
         """Recluster the real images every ``refresh`` steps (and when resumed without centroids); with
         ``labelled`` real images, they anchor the clusters (:func:`~pipeline.task.clustering.cluster_labels`)."""
+        if self.params.teacher_momentum > 0:
+            self.update_teacher(net)
         if not self.uses_clusters or real is None:
             return
         if step % self.params.refresh == 0 or self.centroids is None:
             from pipeline.task.clustering import cluster_labels, features_and_probs
 
-            features, probs = features_and_probs(net, real, self.ctx.device)
+            reader = self.teacher if self.teacher is not None else net
+            features, probs = features_and_probs(reader, real, self.ctx.device)
             seen = bool((self.source_means.norm(dim=1) > 0).all())     # every class has a (unit) mean
             init = self.source_means.cpu() if self.params.seeds == "source" and seen else None
             anchors = None
             if labelled is not None:
-                anchor_features, _ = features_and_probs(net, labelled, self.ctx.device)
+                anchor_features, _ = features_and_probs(reader, labelled, self.ctx.device)
                 anchors = (anchor_features, torch.tensor(labelled.targets()))
             _, centroids = cluster_labels(features, probs, self.params.cluster_iterations, align=self.params.alignment,
                                           init=init, anchors=anchors)
             self.centroids = centroids.to(self.ctx.device)
+
+    def update_teacher(self, net: nn.Module) -> None:
+        """``theta_t <- a theta_t + (1 - a) theta_s`` (``a = teacher_momentum``), buffers (BatchNorm
+        statistics) copied; the first call copies the student (a resumed run loads the saved teacher, then updates it)."""
+        student = getattr(net, "module", net)       # DistributedDataParallel holds the network as .module
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(student)
+            self.teacher.requires_grad_(False)
+            if self.teacher_state is None:
+                return
+            self.teacher.load_state_dict(self.teacher_state)      # resumed: then this step's update
+            self.teacher_state = None
+        a = self.params.teacher_momentum
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), student.parameters()):
+                t.mul_(a).add_(s.detach(), alpha=1 - a)
+            for t, s in zip(self.teacher.buffers(), student.buffers()):
+                t.copy_(s)
 
     @classmethod
     def target_views_of(cls, params: SelfTrainingParams) -> dict[str, Optional[str]]:
@@ -184,20 +216,25 @@ class SelfTraining(Method):
             x, y = torch.cat([x, batch.labelled_real[0]]), torch.cat([y, batch.labelled_real[1]])
         n, k, m = len(x), len(source_weak), len(weak)
         features, logits = net(torch.cat([x, source_weak, weak, strong]))
-        source, weak_logits, strong_logits = logits[:n + k], logits[n + k:n + k + m], logits[n + k + m:]
+        source, strong_logits = logits[:n + k], logits[n + k + m:]
         ce = F.cross_entropy(source, torch.cat([y, batch.y[:k]]))
         with torch.no_grad():
-            probs = weak_logits.float().softmax(1)
+            # what reads the weak views: the student's own pass, or the mean teacher's (train-mode BatchNorm)
+            read_features, read_logits = features[n:n + k + m], logits[n:n + k + m]
+            if self.teacher is not None:
+                self.teacher.train()
+                read_features, read_logits = self.teacher(torch.cat([source_weak, weak]))
+            probs = read_logits[k:].float().softmax(1)
             if self.params.alignment:
                 self.running_mean.mul_(self.params.momentum).add_(probs.mean(0), alpha=1 - self.params.momentum)
                 probs = align_distribution(probs, self.running_mean)
-            tau = self.params.threshold * source[n:].float().softmax(1).max(1).values.mean()
+            tau = self.params.threshold * read_logits[:k].float().softmax(1).max(1).values.mean()
             confidence, pseudo = probs.max(1)
             mask = (confidence >= tau).float()
             if self.uses_clusters and self.params.seeds == "source":
-                self.update_source_means(features[n:n + k].flatten(1).float(), batch.y[:k])
+                self.update_source_means(read_features[:k].flatten(1).float(), batch.y[:k])
             if self.uses_clusters and self.centroids is not None:
-                weak_features = F.normalize(features[n + k:n + k + m].flatten(1).float(), dim=1)
+                weak_features = F.normalize(read_features[k:].flatten(1).float(), dim=1)
                 pseudo = (weak_features @ self.centroids.t()).argmax(1)
         unlabelled = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
@@ -240,6 +277,8 @@ class SelfTraining(Method):
             state["source_means"] = self.source_means.cpu().clone()
         if self.centroids is not None:
             state["centroids"] = self.centroids.detach().cpu().clone()
+        if self.teacher is not None:
+            state["teacher"] = {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -248,3 +287,4 @@ class SelfTraining(Method):
             self.source_means = state["source_means"].to(self.ctx.device)
         centroids = state.get("centroids")
         self.centroids = centroids.to(self.ctx.device) if centroids is not None else None
+        self.teacher, self.teacher_state = None, state.get("teacher")
