@@ -72,7 +72,8 @@ hold on both: :meth:`pipeline.detection.kind.Detection.view_transform`), and
     L = L_det(x_s, boxes_s) + weight * mu(p) * L_det(t_s[kept], pseudo-boxes[kept])
 
 where ``kept`` are the real images with at least one pseudo-box (an image where the model is unsure
-is left out rather than taught that it holds nothing).
+is left out rather than taught that it holds nothing; with a mean teacher, its detections are the
+pseudo-boxes, as in Unbiased Teacher, Liu et al. 2021).
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ class SelfTraining(Method):
         kind's own confident predictions on the weak view (:meth:`~pipeline.task.kind.TaskKind.pseudo_targets`)
         are the targets of the strong view."""
         kind, weak, strong = self.ctx.kind, batch.target["weak"], batch.target["strong"]
-        pseudo = kind.pseudo_targets(net, weak, self.params.box_threshold)
+        reader = self.teacher if self.teacher is not None else net     # the mean teacher detects, when there is one
+        pseudo = kind.pseudo_targets(reader, weak, self.params.box_threshold)
         kept = [i for i, t in enumerate(pseudo) if kind.target_size(t)]
         supervised = kind.supervised(net, batch.x, batch.y)
         mu = self.params.weight * ramp_weight(progress, self.params.ramp)
