@@ -199,6 +199,39 @@ def test_a_test_image_copied_into_training_is_refused_naming_both_files(default_
     assert not out.exists()
 
 
+def _inked(path: Path, light_ink: bool) -> Path:
+    """A 16x16 image with a square of ink in the middle, light on dark or dark on light, with noise
+    seeded by its path (every file different)."""
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))
+    ink, paper = (220, 30) if light_ink else (30, 220)
+    pixels = np.full((16, 16, 3), paper, np.int16)
+    pixels[4:12, 4:12] = ink
+    pixels += rng.integers(-20, 21, pixels.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_a_test_image_among_renders_that_prepare_inverts_is_still_refused(default_raw, tmp_path):
+    """prepare writes the renders inverted when the real images have the other ink polarity; the copy
+    check reads the images as decoded, so a test image copied among the renders is still found."""
+    for c in CLASSES:
+        for i in range(4):
+            _inked(tmp_path / "sim" / c / f"{i}.png", light_ink=True)
+            _inked(tmp_path / "real_test" / c / f"{i}.png", light_ink=False)
+        _inked(tmp_path / "real" / f"IMG_{c}.png", light_ink=False)
+    copy = tmp_path / "sim" / "dog" / "render_99.bmp"
+    Image.open(tmp_path / "real_test" / "dog" / "1.png").save(copy)
+    params = _params(default_raw, {"format": "imagefolder", "root": str(tmp_path / "sim")},
+                     {"format": "folder", "root": str(tmp_path / "real"), "test_root": str(tmp_path / "real_test")},
+                     drop_oracle=True)
+    with pytest.raises(PrepareError, match=r"^1 training image\(s\) are pixel-identical .*render_99\.bmp \(in source/"):
+        prepare(params, tmp_path / "out")
+    copy.unlink()   # without the copy the same data prepares, with the renders inverted
+    stats, _ = prepare(params, tmp_path / "out")
+    assert stats["polarity"]["inverted_source"] and stats["heldout_duplicates"] == 0
+
+
 def test_copies_within_a_labelled_target_that_is_split_are_counted(default_raw, tmp_path):
     src, real = _imagefolder(tmp_path / "sim"), _imagefolder(tmp_path / "real", per_class=6)
     for i in range(6):  # every cat photo twice, under another name: each pair is split apart or not

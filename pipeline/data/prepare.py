@@ -397,9 +397,9 @@ def prepare(params: Params, out_dir: str | Path,
             writer = SplitWriter(tmp / split, d.classes)
             labels = []
             for image, label, name in items:
+                guard.record(split, image, name)   # as decoded: a copy is a copy whether the renders are inverted
                 if flip and split.startswith("source/"):
                     image = invert(image)
-                guard.record(split, image, name)
                 writer.add(image, label)
                 labels.append(label)
             stats["splits"][split] = writer.close(optional=split in OPTIONAL_SPLITS)
