@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh clone:
 #   make repro   create .venv when missing, install, run the whole DVC pipeline (dvc repro)
-#   make test    create .venv when missing, install, run the test suite (CI runs this)
+#   make test    create .venv when missing, install, run the test suite without the end-to-end runs
+#                (about 4 minutes on 2 cores); `make test-slow` runs those (about 13 minutes); CI runs both
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.sim2real-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast ui bench seeds ablate ablate-family scenarios pick-rules
+.PHONY: setup repro test test-slow test-all ui bench seeds ablate ablate-family scenarios pick-rules
 
 # The install silences setuptools' "Editable installation" notice (about folders named like the
 # package) by its message only; every other build warning still shows.
@@ -24,10 +25,15 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -m "not slow" -ra --durations=10
 
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+# The end-to-end runs marked slow: tiny `dvc repro` runs, kill -9, the README's examples, two torchrun
+# nodes, a real mlflow server.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -ra --durations=15
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -ra --durations=15
 
 UI_PORT ?= 5000
 ui: $(STAMP)
