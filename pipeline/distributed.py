@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config import ConfigError
+from pipeline.task.models import unwrap
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,6 @@ def sync_buffers(rt: Runtime, *modules: nn.Module | None) -> None:
             if module is not None:
                 for buffer in unwrap(module).buffers():
                     dist.broadcast(buffer, src=0)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def barrier(rt: Runtime) -> None:

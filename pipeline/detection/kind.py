@@ -18,7 +18,7 @@ from torch import nn
 from pipeline.config import Params
 from pipeline.data.augment import build_augment
 from pipeline.data.detection_set import DetectionSet, build_box_augment, collate_detection
-from pipeline.distributed import unwrap
+from pipeline.task.models import unwrap
 from pipeline.detection.evaluate import detection_label_free, detection_scores, evaluate_detector
 from pipeline.detection.models import (build_detector, detector_from_config, feature_channels, feature_maps,
                                        frozen_detection_loss, losses_and_features, predict)

@@ -90,6 +90,7 @@ from torch import nn
 from pipeline.methods.base import Method, MethodContext, StepBatch, StepOutput, check_fields
 from pipeline.methods.registry import register
 from pipeline.task.clustering import align_distribution
+from pipeline.task.models import unwrap
 
 
 PSEUDO_LABELS = ("cluster", "prediction")
@@ -180,7 +181,7 @@ class SelfTraining(Method):
     def update_teacher(self, net: nn.Module) -> None:
         """``theta_t <- a theta_t + (1 - a) theta_s`` (``a = teacher_momentum``), buffers (BatchNorm
         statistics) copied; the first call copies the student (a resumed run loads the saved teacher, then updates it)."""
-        student = getattr(net, "module", net)       # DistributedDataParallel holds the network as .module
+        student = unwrap(net)
         if self.teacher is None:
             self.teacher = copy.deepcopy(student)
             self.teacher.requires_grad_(False)

@@ -17,6 +17,11 @@ from torch import nn
 SMALL_CNN = "small_cnn"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network itself: DistributedDataParallel holds it as ``.module``; any other model is returned as is."""
+    return model.module if hasattr(model, "module") else model
+
+
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),

@@ -53,7 +53,7 @@ from torch import nn
 
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import Params
-from pipeline.distributed import Runtime, barrier, sync_buffers, unwrap, wrap
+from pipeline.distributed import Runtime, barrier, sync_buffers, wrap
 from pipeline.guards import check_finite
 from pipeline.io import write_json, write_table
 from pipeline.methods.base import Method, StepBatch
@@ -62,7 +62,7 @@ from pipeline.reproducibility import derive_seed, seed_everything
 from pipeline.task.batchnorm import adapt_batchnorm
 from pipeline.task.export import save_task_model
 from pipeline.task.kinds import task_kind
-from pipeline.task.models import classifier_layer
+from pipeline.task.models import classifier_layer, unwrap
 from pipeline.task.prototypes import fit_prototype_head
 from pipeline.task.train_data import Samplers, TrainData, build_method, load_data, make_samplers, real_images
 from pipeline.task.variant import FINGERPRINT_SECTIONS, PREPARED, Variant
