@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.metrics.classification import classification_report, gap_closed, plot_confusion_matrix
+from pipeline.metrics.classification import classification_report, confusion_counts, gap_closed, plot_confusion_matrix
 from pipeline.metrics.domain_gap import frechet_distance, proxy_a_distance
 
 
@@ -72,3 +72,14 @@ def test_plot_confusion_matrix_writes_png(tmp_path):
     plot_confusion_matrix([[3, 1], [0, 2]], ["x", "y"], path, title="test")
     data = path.read_bytes()
     assert len(data) > 0 and data.startswith(b"\x89PNG")
+
+
+def test_confusion_counts_match_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    y_pred[:7] = 9                                     # a prediction outside the classes is not counted
+    counts = confusion_counts(y_true, y_pred, 5)
+    np.testing.assert_array_equal(counts, confusion_matrix(y_true, y_pred, labels=list(range(5))))
+    assert counts.sum() == 293 and counts.dtype == np.int64

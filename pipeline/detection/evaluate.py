@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
-from torchvision.ops import box_iou
 
 from pipeline.io import write_json
 
@@ -76,6 +75,8 @@ def detection_label_free(model: nn.Module, real: Dataset, val: Dataset, device: 
 def confusion_pairs(predictions: Sequence[dict], targets: Sequence[dict], classes: Sequence[str]) -> list[tuple[str, str]]:
     """``(actual, predicted)`` class names per box, ``background`` for a miss or a false detection
     (the matching rule is in the module docstring)."""
+    from torchvision.ops import box_iou     # imported here: torchvision takes about a second, classification never needs it
+
     pairs: list[tuple[str, str]] = []
     for pred, target in zip(predictions, targets):
         keep = pred["scores"].numpy() >= CONFIDENT

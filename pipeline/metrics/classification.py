@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import f1_score
 
 from pipeline.io import atomic_file
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
+    """``(classes, classes)`` counts, row: the true class, column: the predicted one (labels outside
+    ``[0, classes)`` are not counted)."""
+    inside = (y_true >= 0) & (y_true < classes) & (y_pred >= 0) & (y_pred < classes)
+    cm = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(cm, (y_true[inside], y_pred[inside]), 1)
+    return cm
 
 
 def classification_report(
@@ -25,8 +32,10 @@ def classification_report(
     y_pred = np.asarray(y_pred, dtype=int)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+    from sklearn.metrics import f1_score    # imported here: about a second, and only evaluate needs it
+
     labels = list(range(len(class_names)))
-    cm = sk_confusion_matrix(y_true, y_pred, labels=labels)
+    cm = confusion_counts(y_true, y_pred, len(class_names))
     support = cm.sum(axis=1)
     per_class = {
         name: (float(cm[i, i] / support[i]) if support[i] > 0 else None)

@@ -9,11 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import linalg
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 
 def _as_features(feats: np.ndarray, name: str) -> np.ndarray:
@@ -31,6 +26,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     computed in the frozen task network's feature space (the FID formula without Inception).
     When the matrix square root is singular or not finite, ``eps * I`` is added to both covariances.
     """
+    from scipy import linalg     # SciPy and scikit-learn are imported where used: every stage loads this module
+
     a = _as_features(feats_a, "feats_a")
     b = _as_features(feats_b, "feats_b")
     if a.shape[1] != b.shape[1]:
@@ -60,6 +57,11 @@ def proxy_a_distance(feats_a: np.ndarray, feats_b: np.ndarray, seed: int = 0) ->
     the smaller one, then a shuffled, stratified half trains the classifier and the other half
     tests it. PAD is 0 for indistinguishable domains and 2 for perfectly separable ones.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     a = _as_features(feats_a, "feats_a")
     b = _as_features(feats_b, "feats_b")
     rng = np.random.default_rng(seed)
