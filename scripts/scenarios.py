@@ -185,9 +185,11 @@ def collect(workspace: Path, seconds: float | None) -> dict[str, Any]:
 
 def gap(card: dict) -> float | None:
     """Share of the source-only -> oracle gap the pick closes on the test split (the pick falls back
-    to source_only when it chose none)."""
+    to source_only when it chose none); None when a bound was not evaluated (a partly run workspace)."""
     v = card["variants"]
     pick = card["pick"]["variant"] or "source_only"
+    if "source_only" not in v or "target_oracle" not in v:
+        return None
     low, high = v["source_only"]["accuracy"], v["target_oracle"]["accuracy"]
     return None if high <= low else (v[pick]["accuracy"] - low) / (high - low)
 

@@ -97,6 +97,8 @@ def test_scorecard_gap_closed_by_the_pick(scripts):
                                                                               "target_oracle": 0})
     assert suite.gap(c) == pytest.approx(0.4)
     assert suite.gap({**c, "pick": {"variant": None}}) == 0.0          # no pick: the user keeps source_only
+    partial = card({"dann": 0.6}, "dann", {"dann": 0})                  # a workspace where only dann ran
+    assert suite.gap(partial) is None and "| n/a |" in suite.scorecard_markdown({"b": partial})
     text = suite.scorecard_markdown({"a": c})
     assert "| a | 0.400 | 0.600 | 0.900 | dann | 40% | 10.0 min |" in text and "mean 40%, worst 40%" in text
 
